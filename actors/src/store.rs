@@ -1,0 +1,233 @@
+//! The store interface: how the runtime persists and reloads commands.
+//!
+//! This is the seed's `CommandCRUDOperations` and `CommandEntityDao` as one async
+//! trait. The PostgreSQL implementation lives in the `command-coordinator` crate
+//! (`PgStore`); the runtime only sees this trait, which keeps the actor code free
+//! of SQL and lets pure state logic be unit-tested without a database.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+
+use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
+
+/// The future every store operation returns.
+///
+/// Boxed so that the trait can be used as `dyn CommandStore`; the allocation is
+/// negligible next to a database round trip.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A boxed error from the layer below (driver, pool), kept as the error's source.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Which store operation failed: part of every [`StoreError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreOp {
+    Connect,
+    Migrate,
+    SaveOrUpdate,
+    Get,
+    GetStatus,
+    ChildIds,
+    Hierarchy,
+    HasCommandsWithRoot,
+    CommandsWithCallbackEnabled,
+    UpdateStatus,
+    UpdateExecuted,
+    UpdateNotified,
+    UpdateReturnValue,
+    Remove,
+    RemoveHierarchy,
+    RemoveBefore,
+}
+
+impl StoreOp {
+    /// The operation's name as it appears in error messages and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            StoreOp::Connect => "connect",
+            StoreOp::Migrate => "migrate",
+            StoreOp::SaveOrUpdate => "save_or_update",
+            StoreOp::Get => "get",
+            StoreOp::GetStatus => "get_status",
+            StoreOp::ChildIds => "child_ids",
+            StoreOp::Hierarchy => "hierarchy",
+            StoreOp::HasCommandsWithRoot => "has_commands_with_root",
+            StoreOp::CommandsWithCallbackEnabled => "commands_with_callback_enabled",
+            StoreOp::UpdateStatus => "update_status",
+            StoreOp::UpdateExecuted => "update_executed",
+            StoreOp::UpdateNotified => "update_notified",
+            StoreOp::UpdateReturnValue => "update_return_value",
+            StoreOp::Remove => "remove",
+            StoreOp::RemoveHierarchy => "remove_hierarchy",
+            StoreOp::RemoveBefore => "remove_before",
+        }
+    }
+}
+
+impl fmt::Display for StoreOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What went wrong, without the where (that is in [`StoreError`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The database could not be reached, or the connection broke. Worth retrying.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+    /// The database answered with an error (constraint, permission, syntax...).
+    #[error("database error: {0}")]
+    Database(#[source] BoxError),
+    /// A row exists but cannot be read as a [`CommandEntity`].
+    #[error("unreadable row: {0}")]
+    BadRow(String),
+    /// A value could not be serialized for storage.
+    #[error("cannot encode value: {0}")]
+    Encode(#[source] BoxError),
+}
+
+/// The one error type of the store: which operation, on which command, and why.
+///
+/// ```
+/// use command_coordinator_actors::{CommandId, StoreError, StoreErrorKind, StoreOp};
+/// let id = CommandId::new();
+/// let err = StoreError::new(StoreOp::Get, Some(id), StoreErrorKind::BadRow("status is NULL".into()));
+/// assert_eq!(err.to_string(), format!("get of command {id} failed: unreadable row: status is NULL"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{op} of {} failed: {kind}", DisplayTarget(.command_id))]
+pub struct StoreError {
+    /// The operation that failed.
+    pub op: StoreOp,
+    /// The command it was about, when it was about one.
+    pub command_id: Option<CommandId>,
+    /// The cause.
+    #[source]
+    pub kind: StoreErrorKind,
+}
+
+struct DisplayTarget<'a>(&'a Option<CommandId>);
+
+impl fmt::Display for DisplayTarget<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "command {id}"),
+            None => f.write_str("commands"),
+        }
+    }
+}
+
+impl StoreError {
+    pub fn new(op: StoreOp, command_id: Option<CommandId>, kind: StoreErrorKind) -> Self {
+        Self {
+            op,
+            command_id,
+            kind,
+        }
+    }
+
+    /// True when retrying later may succeed (the database was unreachable).
+    pub fn is_transient(&self) -> bool {
+        matches!(self.kind, StoreErrorKind::Unavailable(_))
+    }
+}
+
+/// A row that could not be read, reported by id so that it can be found and fixed
+/// while every other row is still served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadRow {
+    pub command_id: CommandId,
+    pub reason: String,
+}
+
+impl fmt::Display for BadRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "command {}: {}", self.command_id, self.reason)
+    }
+}
+
+/// The result of a query over many rows: the readable ones and the others.
+///
+/// One corrupt row must not hide the rest (in oVirt one undeserialisable row broke
+/// the whole cache load), so listing never fails because of a row's content.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadedRows {
+    pub entities: Vec<CommandEntity>,
+    pub bad_rows: Vec<BadRow>,
+}
+
+/// What one bounded cleanup batch removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemovedBatch {
+    /// Hierarchies removed (their roots).
+    pub roots: usize,
+    /// Every removed row, roots and descendants.
+    pub removed: Vec<CommandId>,
+}
+
+/// Persistence of commands: the seed's CRUD operations and DAO in one interface.
+///
+/// Every method names itself and the command in its [`StoreError`]. A missing
+/// row is `None` / `false`, never an error.
+pub trait CommandStore: Send + Sync + 'static {
+    /// Inserts the command, or updates every column but `created_at` if it exists.
+    fn save_or_update<'a>(&'a self, entity: &'a CommandEntity) -> StoreFuture<'a, ()>;
+
+    /// The command with this id, if there is one.
+    fn get(&self, id: CommandId) -> StoreFuture<'_, Option<CommandEntity>>;
+
+    /// Only the status of the command, if it exists.
+    fn get_status(&self, id: CommandId) -> StoreFuture<'_, Option<CommandStatus>>;
+
+    /// The ids of the commands whose parent is `parent`, oldest first.
+    fn child_ids(&self, parent: CommandId) -> StoreFuture<'_, Vec<CommandId>>;
+
+    /// Every command of the hierarchy rooted at `root`, the root included.
+    fn hierarchy(&self, root: CommandId) -> StoreFuture<'_, LoadedRows>;
+
+    /// Whether any command has `root` as its root.
+    fn has_commands_with_root(&self, root: CommandId) -> StoreFuture<'_, bool>;
+
+    /// Commands the runtime manages whose end has not been delivered yet: what a
+    /// restart must pick up.
+    fn commands_with_callback_enabled(&self) -> StoreFuture<'_, LoadedRows>;
+
+    /// Sets the status; sets `ended_at` when the status is an `ENDED_*` one.
+    /// False when there is no such command.
+    fn update_status(&self, id: CommandId, status: CommandStatus) -> StoreFuture<'_, bool>;
+
+    /// Records that `execute` ran to completion.
+    fn update_executed(&self, id: CommandId) -> StoreFuture<'_, bool>;
+
+    /// Records that the end action ran and its outcome was delivered.
+    fn update_notified(&self, id: CommandId) -> StoreFuture<'_, bool>;
+
+    /// Stores (or clears) the command's return value.
+    fn update_return_value<'a>(
+        &'a self,
+        id: CommandId,
+        value: Option<&'a JsonPayload>,
+    ) -> StoreFuture<'a, bool>;
+
+    /// Removes one command. True when it existed.
+    fn remove(&self, id: CommandId) -> StoreFuture<'_, bool>;
+
+    /// Removes `root` and every descendant in one transaction; returns how many rows.
+    fn remove_hierarchy(&self, root: CommandId) -> StoreFuture<'_, u64>;
+
+    /// Removes at most `max_hierarchies` whole hierarchies whose every command
+    /// ended before `cutoff`. A hierarchy with any command not ended is never
+    /// touched, however old (oVirt removed by age alone).
+    fn remove_before_batch(
+        &self,
+        cutoff: DateTime<Utc>,
+        max_hierarchies: u32,
+    ) -> StoreFuture<'_, RemovedBatch>;
+}

@@ -1,0 +1,599 @@
+//! [`CommandStore`] on PostgreSQL: the `command_entities` table through a
+//! deadpool connection pool.
+//!
+//! Every statement is parameterised; the only text put into SQL is the schema
+//! name, which [`SchemaName`] has validated and which is always quoted. The SQL
+//! strings are built once per store and prepared once per connection
+//! (`prepare_cached`).
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Pool, PoolError};
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use crate::config::SchemaName;
+use command_coordinator_actors::{
+    BadRow, CommandEntity, CommandId, CommandStatus, CommandStore, JsonPayload, LoadedRows,
+    RemovedBatch, StoreError, StoreErrorKind, StoreFuture, StoreOp,
+};
+
+/// The columns every entity query selects, in the order [`entity_from_row`] reads.
+const COLUMNS: &str = "command_id, command_type, root_command_id, parent_command_id, \
+    command_parameters, command_params_class, created_at, updated_at, ended_at, status, \
+    callback_enabled, callback_notified, executed, return_value, return_value_class, \
+    failure_reason, job_id, step_id";
+
+/// The `status IN (...)` list of ended statuses, spelled once.
+const ENDED: &str = "('ENDED_SUCCESSFULLY', 'ENDED_WITH_FAILURE')";
+
+/// How many hierarchies [`PgStore::remove_before`] removes per statement, so that
+/// one cleanup never holds locks on an unbounded number of rows.
+pub const DEFAULT_REMOVE_BATCH: u32 = 1_000;
+
+/// The SQL text of every operation, with the schema filled in.
+#[derive(Debug)]
+struct Statements {
+    save_or_update: String,
+    get: String,
+    get_status: String,
+    child_ids: String,
+    hierarchy: String,
+    has_commands_with_root: String,
+    commands_with_callback_enabled: String,
+    update_status: String,
+    update_executed: String,
+    update_notified: String,
+    update_return_value: String,
+    remove: String,
+    remove_hierarchy: String,
+    remove_before: String,
+}
+
+impl Statements {
+    fn new(schema: &SchemaName) -> Self {
+        let t = format!("{}.command_entities", schema.quoted());
+        Self {
+            save_or_update: format!(
+                "INSERT INTO {t} AS c ({COLUMNS}) VALUES \
+                 ($1, $2, $3, $4, $5, $6, $7, now(), \
+                  coalesce($8, CASE WHEN $9 IN {ENDED} THEN now() END), \
+                  $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+                 ON CONFLICT (command_id) DO UPDATE SET \
+                   command_type = EXCLUDED.command_type, \
+                   root_command_id = EXCLUDED.root_command_id, \
+                   parent_command_id = EXCLUDED.parent_command_id, \
+                   command_parameters = EXCLUDED.command_parameters, \
+                   command_params_class = EXCLUDED.command_params_class, \
+                   updated_at = now(), \
+                   ended_at = CASE WHEN EXCLUDED.status IN {ENDED} \
+                       THEN coalesce(EXCLUDED.ended_at, c.ended_at, now()) END, \
+                   status = EXCLUDED.status, \
+                   callback_enabled = EXCLUDED.callback_enabled, \
+                   callback_notified = EXCLUDED.callback_notified, \
+                   executed = EXCLUDED.executed, \
+                   return_value = EXCLUDED.return_value, \
+                   return_value_class = EXCLUDED.return_value_class, \
+                   failure_reason = EXCLUDED.failure_reason, \
+                   job_id = EXCLUDED.job_id, \
+                   step_id = EXCLUDED.step_id"
+            ),
+            get: format!("SELECT {COLUMNS} FROM {t} WHERE command_id = $1"),
+            get_status: format!("SELECT status FROM {t} WHERE command_id = $1"),
+            child_ids: format!(
+                "SELECT command_id FROM {t} WHERE parent_command_id = $1 \
+                 ORDER BY created_at, command_id"
+            ),
+            hierarchy: format!(
+                "SELECT {COLUMNS} FROM {t} WHERE root_command_id = $1 OR command_id = $1 \
+                 ORDER BY created_at, command_id"
+            ),
+            has_commands_with_root: format!(
+                "SELECT EXISTS (SELECT 1 FROM {t} WHERE root_command_id = $1)"
+            ),
+            commands_with_callback_enabled: format!(
+                "SELECT {COLUMNS} FROM {t} \
+                 WHERE callback_enabled AND callback_notified IS NOT TRUE \
+                 ORDER BY created_at, command_id"
+            ),
+            update_status: format!(
+                "UPDATE {t} SET status = $2::varchar, updated_at = now(), \
+                 ended_at = CASE WHEN $2::varchar IN {ENDED} THEN coalesce(ended_at, now()) END \
+                 WHERE command_id = $1"
+            ),
+            update_executed: format!(
+                "UPDATE {t} SET executed = true, updated_at = now() WHERE command_id = $1"
+            ),
+            update_notified: format!(
+                "UPDATE {t} SET callback_notified = true, updated_at = now() \
+                 WHERE command_id = $1"
+            ),
+            update_return_value: format!(
+                "UPDATE {t} SET return_value = $2, return_value_class = $3, updated_at = now() \
+                 WHERE command_id = $1"
+            ),
+            remove: format!("DELETE FROM {t} WHERE command_id = $1"),
+            // Descendants are found through parent links, not only through
+            // root_command_id, so a row with a wrong root is not left behind.
+            // UNION (not UNION ALL) ends the recursion even on a cycle.
+            remove_hierarchy: format!(
+                "WITH RECURSIVE tree(id) AS ( \
+                   SELECT $1::uuid \
+                   UNION \
+                   SELECT c.command_id FROM {t} c JOIN tree ON c.parent_command_id = tree.id \
+                 ) \
+                 DELETE FROM {t} WHERE command_id IN (SELECT id FROM tree) \
+                    OR root_command_id = $1"
+            ),
+            // A hierarchy goes only as a whole, and only when its root and every
+            // row under it ended before the cutoff. A NULL or unknown status
+            // counts as not ended.
+            remove_before: format!(
+                "WITH doomed AS ( \
+                   SELECT r.command_id FROM {t} r \
+                   WHERE r.parent_command_id IS NULL \
+                     AND r.status IN {ENDED} \
+                     AND coalesce(r.ended_at, r.updated_at) < $1 \
+                     AND NOT EXISTS ( \
+                       SELECT 1 FROM {t} c \
+                       WHERE (c.root_command_id = r.command_id \
+                              OR c.parent_command_id = r.command_id) \
+                         AND (c.status IS NULL OR c.status NOT IN {ENDED} \
+                              OR coalesce(c.ended_at, c.updated_at) >= $1)) \
+                   ORDER BY coalesce(r.ended_at, r.updated_at) \
+                   LIMIT $2 \
+                   FOR UPDATE SKIP LOCKED \
+                 ) \
+                 DELETE FROM {t} x USING doomed d \
+                 WHERE x.command_id = d.command_id OR x.root_command_id = d.command_id \
+                 RETURNING x.command_id, x.command_id = d.command_id"
+            ),
+        }
+    }
+}
+
+/// The PostgreSQL implementation of [`CommandStore`].
+///
+/// Cheap to clone: the pool and the statements are shared.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    schema: SchemaName,
+    sql: std::sync::Arc<Statements>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.schema)
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+impl PgStore {
+    /// A store over `pool` for the table in `schema`. Does not touch the
+    /// database: run [`crate::migrate`] first.
+    pub fn new(pool: Pool, schema: SchemaName) -> Self {
+        let sql = std::sync::Arc::new(Statements::new(&schema));
+        Self { pool, schema, sql }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn schema(&self) -> &SchemaName {
+        &self.schema
+    }
+
+    /// Removes every hierarchy that ended before `cutoff`, in batches of
+    /// [`DEFAULT_REMOVE_BATCH`] hierarchies; returns how many rows went.
+    pub async fn remove_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let batch = self
+                .remove_before_batch(cutoff, DEFAULT_REMOVE_BATCH)
+                .await?;
+            total += batch.removed.len() as u64;
+            if batch.roots < DEFAULT_REMOVE_BATCH as usize {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn client(
+        &self,
+        op: StoreOp,
+        id: Option<CommandId>,
+    ) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| map_pool_error(op, id, e))
+    }
+
+    /// Runs a statement that returns rows.
+    async fn query(
+        &self,
+        op: StoreOp,
+        id: Option<CommandId>,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let client = self.client(op, id).await?;
+        let stmt = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| map_pg_error(op, id, e))?;
+        client
+            .query(&stmt, params)
+            .await
+            .map_err(|e| map_pg_error(op, id, e))
+    }
+
+    /// Runs a statement and returns how many rows it changed.
+    async fn execute(
+        &self,
+        op: StoreOp,
+        id: Option<CommandId>,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let client = self.client(op, id).await?;
+        let stmt = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| map_pg_error(op, id, e))?;
+        client
+            .execute(&stmt, params)
+            .await
+            .map_err(|e| map_pg_error(op, id, e))
+    }
+
+    async fn load_many(
+        &self,
+        op: StoreOp,
+        id: Option<CommandId>,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<LoadedRows, StoreError> {
+        let rows = self.query(op, id, sql, params).await?;
+        let mut loaded = LoadedRows {
+            entities: Vec::with_capacity(rows.len()),
+            bad_rows: Vec::new(),
+        };
+        for row in &rows {
+            match entity_from_row(row) {
+                Ok(entity) => loaded.entities.push(entity),
+                Err(bad) => {
+                    tracing::warn!(command_id = %bad.command_id, reason = %bad.reason, op = %op, "unreadable command row skipped");
+                    loaded.bad_rows.push(bad);
+                }
+            }
+        }
+        Ok(loaded)
+    }
+}
+
+impl CommandStore for PgStore {
+    fn save_or_update<'a>(&'a self, e: &'a CommandEntity) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let (rv, rv_class) = split_payload(e.return_value.as_ref());
+            self.execute(
+                StoreOp::SaveOrUpdate,
+                Some(e.id),
+                &self.sql.save_or_update,
+                &[
+                    e.id.as_uuid(),
+                    &e.command_type,
+                    &e.root_id.map(Uuid::from),
+                    &e.parent_id.map(Uuid::from),
+                    &e.parameters.json(),
+                    &e.parameters.class(),
+                    &e.created_at,
+                    &e.ended_at,
+                    &e.status.as_str(),
+                    &e.callback_enabled,
+                    &e.callback_notified,
+                    &e.executed,
+                    &rv,
+                    &rv_class,
+                    &e.failure_reason,
+                    &e.job_id,
+                    &e.step_id,
+                ],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    fn get(&self, id: CommandId) -> StoreFuture<'_, Option<CommandEntity>> {
+        Box::pin(async move {
+            let rows = self
+                .query(StoreOp::Get, Some(id), &self.sql.get, &[id.as_uuid()])
+                .await?;
+            match rows.first() {
+                None => Ok(None),
+                Some(row) => entity_from_row(row).map(Some).map_err(|bad| {
+                    StoreError::new(StoreOp::Get, Some(id), StoreErrorKind::BadRow(bad.reason))
+                }),
+            }
+        })
+    }
+
+    fn get_status(&self, id: CommandId) -> StoreFuture<'_, Option<CommandStatus>> {
+        Box::pin(async move {
+            let op = StoreOp::GetStatus;
+            let rows = self
+                .query(op, Some(id), &self.sql.get_status, &[id.as_uuid()])
+                .await?;
+            let Some(row) = rows.first() else {
+                return Ok(None);
+            };
+            let bad =
+                |reason: String| StoreError::new(op, Some(id), StoreErrorKind::BadRow(reason));
+            let status: Option<String> = row.try_get(0).map_err(|e| bad(e.to_string()))?;
+            let status = status.ok_or_else(|| bad("status is NULL".into()))?;
+            status.parse().map(Some).map_err(|e| bad(format!("{e}")))
+        })
+    }
+
+    fn child_ids(&self, parent: CommandId) -> StoreFuture<'_, Vec<CommandId>> {
+        Box::pin(async move {
+            let rows = self
+                .query(
+                    StoreOp::ChildIds,
+                    Some(parent),
+                    &self.sql.child_ids,
+                    &[parent.as_uuid()],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| CommandId::from_uuid(r.get(0)))
+                .collect())
+        })
+    }
+
+    fn hierarchy(&self, root: CommandId) -> StoreFuture<'_, LoadedRows> {
+        Box::pin(async move {
+            self.load_many(
+                StoreOp::Hierarchy,
+                Some(root),
+                &self.sql.hierarchy,
+                &[root.as_uuid()],
+            )
+            .await
+        })
+    }
+
+    fn has_commands_with_root(&self, root: CommandId) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            let rows = self
+                .query(
+                    StoreOp::HasCommandsWithRoot,
+                    Some(root),
+                    &self.sql.has_commands_with_root,
+                    &[root.as_uuid()],
+                )
+                .await?;
+            Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
+        })
+    }
+
+    fn commands_with_callback_enabled(&self) -> StoreFuture<'_, LoadedRows> {
+        Box::pin(async move {
+            self.load_many(
+                StoreOp::CommandsWithCallbackEnabled,
+                None,
+                &self.sql.commands_with_callback_enabled,
+                &[],
+            )
+            .await
+        })
+    }
+
+    fn update_status(&self, id: CommandId, status: CommandStatus) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            self.execute(
+                StoreOp::UpdateStatus,
+                Some(id),
+                &self.sql.update_status,
+                &[id.as_uuid(), &status.as_str()],
+            )
+            .await
+            .map(|n| n > 0)
+        })
+    }
+
+    fn update_executed(&self, id: CommandId) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            self.execute(
+                StoreOp::UpdateExecuted,
+                Some(id),
+                &self.sql.update_executed,
+                &[id.as_uuid()],
+            )
+            .await
+            .map(|n| n > 0)
+        })
+    }
+
+    fn update_notified(&self, id: CommandId) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            self.execute(
+                StoreOp::UpdateNotified,
+                Some(id),
+                &self.sql.update_notified,
+                &[id.as_uuid()],
+            )
+            .await
+            .map(|n| n > 0)
+        })
+    }
+
+    fn update_return_value<'a>(
+        &'a self,
+        id: CommandId,
+        value: Option<&'a JsonPayload>,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let (rv, rv_class) = split_payload(value);
+            self.execute(
+                StoreOp::UpdateReturnValue,
+                Some(id),
+                &self.sql.update_return_value,
+                &[id.as_uuid(), &rv, &rv_class],
+            )
+            .await
+            .map(|n| n > 0)
+        })
+    }
+
+    fn remove(&self, id: CommandId) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            self.execute(StoreOp::Remove, Some(id), &self.sql.remove, &[id.as_uuid()])
+                .await
+                .map(|n| n > 0)
+        })
+    }
+
+    fn remove_hierarchy(&self, root: CommandId) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            // One statement, so one implicit transaction: all of the tree or none.
+            self.execute(
+                StoreOp::RemoveHierarchy,
+                Some(root),
+                &self.sql.remove_hierarchy,
+                &[root.as_uuid()],
+            )
+            .await
+        })
+    }
+
+    fn remove_before_batch(
+        &self,
+        cutoff: DateTime<Utc>,
+        max_hierarchies: u32,
+    ) -> StoreFuture<'_, RemovedBatch> {
+        Box::pin(async move {
+            let limit = i64::from(max_hierarchies);
+            let rows = self
+                .query(
+                    StoreOp::RemoveBefore,
+                    None,
+                    &self.sql.remove_before,
+                    &[&cutoff, &limit],
+                )
+                .await?;
+            let mut batch = RemovedBatch {
+                roots: 0,
+                removed: Vec::with_capacity(rows.len()),
+            };
+            for row in &rows {
+                batch.removed.push(CommandId::from_uuid(row.get(0)));
+                if row.get::<_, bool>(1) {
+                    batch.roots += 1;
+                }
+            }
+            Ok(batch)
+        })
+    }
+}
+
+fn split_payload(payload: Option<&JsonPayload>) -> (Option<&str>, Option<&str>) {
+    match payload {
+        Some(p) => (Some(p.json()), Some(p.class())),
+        None => (None, None),
+    }
+}
+
+/// Reads one row into an entity, or says what is wrong with it.
+///
+/// Only `command_id` is trusted to be readable (it is the primary key); every
+/// other column is checked, so that a bad row is reported by id instead of
+/// panicking or failing the whole query.
+pub(crate) fn entity_from_row(row: &Row) -> Result<CommandEntity, BadRow> {
+    let id = CommandId::from_uuid(row.get(0));
+    let bad = |reason: String| BadRow {
+        command_id: id,
+        reason,
+    };
+    fn col<'r, T: tokio_postgres::types::FromSql<'r>>(
+        row: &'r Row,
+        idx: usize,
+    ) -> Result<Option<T>, String> {
+        row.try_get::<_, Option<T>>(idx)
+            .map_err(|e| format!("column {idx}: {e}"))
+    }
+    fn required<T>(value: Option<T>, name: &str) -> Result<T, String> {
+        value.ok_or_else(|| format!("{name} is NULL"))
+    }
+    let read = || -> Result<CommandEntity, String> {
+        let status: String = required(col(row, 9)?, "status")?;
+        let status: CommandStatus = status.parse().map_err(|e| format!("{e}"))?;
+        let params: String = required(col(row, 4)?, "command_parameters")?;
+        let params_class: String = required(col(row, 5)?, "command_params_class")?;
+        let parameters = JsonPayload::from_stored(params_class, params)
+            .map_err(|e| format!("command_parameters is not JSON: {e}"))?;
+        let return_value = match (col::<String>(row, 13)?, col::<String>(row, 14)?) {
+            (None, _) => None,
+            (Some(json), class) => Some(
+                JsonPayload::from_stored(class.unwrap_or_default(), json)
+                    .map_err(|e| format!("return_value is not JSON: {e}"))?,
+            ),
+        };
+        Ok(CommandEntity {
+            id,
+            command_type: required(col(row, 1)?, "command_type")?,
+            root_id: col::<Uuid>(row, 2)?.map(CommandId::from_uuid),
+            parent_id: col::<Uuid>(row, 3)?.map(CommandId::from_uuid),
+            parameters,
+            created_at: required(col(row, 6)?, "created_at")?,
+            updated_at: required(col(row, 7)?, "updated_at")?,
+            ended_at: col(row, 8)?,
+            status,
+            callback_enabled: required(col(row, 10)?, "callback_enabled")?,
+            callback_notified: required(col(row, 11)?, "callback_notified")?,
+            executed: required(col(row, 12)?, "executed")?,
+            return_value,
+            failure_reason: col(row, 15)?,
+            job_id: col(row, 16)?,
+            step_id: col(row, 17)?,
+        })
+    };
+    read().map_err(bad)
+}
+
+/// Classifies a driver error: lost connections and server shutdowns are
+/// `Unavailable` (worth retrying), everything else is a `Database` error.
+pub(crate) fn map_pg_error(
+    op: StoreOp,
+    id: Option<CommandId>,
+    err: tokio_postgres::Error,
+) -> StoreError {
+    let transient = err.is_closed()
+        || match err.code() {
+            // No SQLSTATE: an I/O or protocol failure below the database.
+            None => true,
+            Some(code) => {
+                code.code().starts_with("08") // connection exception
+                    || code.code().starts_with("57P") // operator intervention (shutdown)
+                    || *code == SqlState::TOO_MANY_CONNECTIONS
+                    || *code == SqlState::CANNOT_CONNECT_NOW
+            }
+        };
+    let kind = if transient {
+        StoreErrorKind::Unavailable(Box::new(err))
+    } else {
+        StoreErrorKind::Database(Box::new(err))
+    };
+    StoreError::new(op, id, kind)
+}
+
+/// A pool that cannot hand out a connection means the database is unreachable.
+pub(crate) fn map_pool_error(op: StoreOp, id: Option<CommandId>, err: PoolError) -> StoreError {
+    match err {
+        PoolError::Backend(e) => map_pg_error(op, id, e),
+        other => StoreError::new(op, id, StoreErrorKind::Unavailable(Box::new(other))),
+    }
+}

@@ -1,0 +1,61 @@
+//! Shared by the integration tests: a fresh schema on a real PostgreSQL.
+//!
+//! With `DATABASE_URL` set the tests use that server; otherwise one throwaway
+//! cluster is started per test process from the local PostgreSQL binaries
+//! (see `command_coordinator::embedded`). Every test gets its own schema, so
+//! tests run in parallel without seeing each other's rows.
+#![allow(dead_code)]
+
+use command_coordinator::embedded::test_database_url;
+use command_coordinator::{DatabaseConfig, PgStore, SchemaName, migrate};
+use deadpool_postgres::Pool;
+
+pub struct TestDb {
+    pub config: DatabaseConfig,
+    pub pool: Pool,
+    pub store: PgStore,
+}
+
+impl TestDb {
+    /// The table's name qualified by this test's schema, for plain-SQL checks.
+    pub fn table(&self) -> String {
+        format!("{}.command_entities", self.config.schema().quoted())
+    }
+
+    /// Runs plain SQL (for writing rows the store would never write).
+    pub async fn sql(&self, sql: &str) {
+        let client = self.pool.get().await.expect("connection");
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+/// The URL of the test server, or a panic that says how to get one.
+pub fn database_url() -> String {
+    test_database_url().unwrap_or_else(|e| panic!("no PostgreSQL for the tests: {e}"))
+}
+
+/// A configuration for a new, empty schema (not yet migrated).
+pub fn fresh_config() -> DatabaseConfig {
+    let schema = SchemaName::new(format!("t_{}", uuid::Uuid::new_v4().simple())).unwrap();
+    DatabaseConfig::from_url(&database_url())
+        .expect("test database URL")
+        .with_schema(schema)
+        .with_pool_size(4)
+        .unwrap()
+}
+
+/// A migrated, empty schema of its own and a store over it.
+pub async fn fresh_db() -> TestDb {
+    let config = fresh_config();
+    let pool = config.create_pool().expect("pool");
+    migrate(&pool, config.schema()).await.expect("migrations");
+    let store = PgStore::new(pool.clone(), config.schema().clone());
+    TestDb {
+        config,
+        pool,
+        store,
+    }
+}
