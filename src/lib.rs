@@ -32,8 +32,10 @@ pub mod pg_store;
 
 pub use command_coordinator_actors as actors;
 pub use command_coordinator_actors::{
-    BadRow, CommandEntity, CommandId, CommandStatus, CommandStore, JsonPayload, LoadedRows,
-    RemovedBatch, StoreError, StoreErrorKind, StoreOp,
+    BadRow, ChildExecution, ChildView, CleanupConfig, Command, CommandContext, CommandEntity,
+    CommandError, CommandId, CommandStatus, CommandStore, Coordinator, CoordinatorBuilder,
+    CoordinatorError, InterruptedExecute, JsonPayload, LoadedRows, OnRootEnd, Outcome, PollOutcome,
+    RemovedBatch, RuntimeConfig, StartError, StoreError, StoreErrorKind, StoreOp,
 };
 pub use config::{ConfigError, DatabaseConfig, SchemaName};
 pub use migrate::{MigrationReport, migrate};

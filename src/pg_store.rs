@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use crate::config::SchemaName;
 use command_coordinator_actors::{
-    BadRow, CommandEntity, CommandId, CommandStatus, CommandStore, JsonPayload, LoadedRows,
-    RemovedBatch, StoreError, StoreErrorKind, StoreFuture, StoreOp,
+    BadRow, CommandEntity, CommandId, CommandStatus, CommandStore, CommandUpdate, JsonPayload,
+    LoadedRows, RemovedBatch, StoreError, StoreErrorKind, StoreFuture, StoreOp, Transition,
 };
 
 /// The columns every entity query selects, in the order [`entity_from_row`] reads.
@@ -48,6 +48,9 @@ struct Statements {
     remove: String,
     remove_hierarchy: String,
     remove_before: String,
+    children: String,
+    apply_inserts: String,
+    apply_updates: String,
 }
 
 impl Statements {
@@ -57,7 +60,7 @@ impl Statements {
             save_or_update: format!(
                 "INSERT INTO {t} AS c ({COLUMNS}) VALUES \
                  ($1, $2, $3, $4, $5, $6, $7, now(), \
-                  coalesce($8, CASE WHEN $9 IN {ENDED} THEN now() END), \
+                  CASE WHEN $9 IN {ENDED} THEN coalesce($8, now()) END, \
                   $9, $10, $11, $12, $13, $14, $15, $16, $17) \
                  ON CONFLICT (command_id) DO UPDATE SET \
                    command_type = EXCLUDED.command_type, \
@@ -124,6 +127,45 @@ impl Statements {
                  ) \
                  DELETE FROM {t} WHERE command_id IN (SELECT id FROM tree) \
                     OR root_command_id = $1"
+            ),
+            children: format!(
+                "SELECT {COLUMNS} FROM {t} WHERE parent_command_id = $1 \
+                 ORDER BY created_at, command_id"
+            ),
+            // One statement for any number of new commands. An id that exists
+            // is left alone, so a batch retried after a lost commit is harmless.
+            apply_inserts: format!(
+                "INSERT INTO {t} ({COLUMNS}) \
+                 SELECT u.id, u.ty, u.root, u.parent, u.params, u.class, u.created, now(), \
+                        CASE WHEN u.status IN {ENDED} THEN now() END, u.status, u.cb, \
+                        u.notified, u.executed, u.rv, u.rv_class, u.reason, u.job, u.step \
+                 FROM unnest($1::uuid[], $2::int4[], $3::uuid[], $4::uuid[], $5::text[], \
+                             $6::text[], $7::timestamptz[], $8::text[], $9::bool[], $10::bool[], \
+                             $11::bool[], $12::text[], $13::text[], $14::text[], $15::uuid[], \
+                             $16::uuid[]) \
+                   AS u(id, ty, root, parent, params, class, created, status, cb, notified, \
+                        executed, rv, rv_class, reason, job, step) \
+                 ON CONFLICT (command_id) DO NOTHING"
+            ),
+            // One statement for any number of status changes; a NULL leaves the
+            // column as it is. The writer guarantees each id appears once.
+            apply_updates: format!(
+                "UPDATE {t} AS c SET \
+                   status = coalesce(u.status, c.status), \
+                   executed = coalesce(u.executed, c.executed), \
+                   callback_notified = coalesce(u.notified, c.callback_notified), \
+                   command_parameters = coalesce(u.params, c.command_parameters), \
+                   command_params_class = coalesce(u.params_class, c.command_params_class), \
+                   return_value = coalesce(u.rv, c.return_value), \
+                   return_value_class = coalesce(u.rv_class, c.return_value_class), \
+                   failure_reason = coalesce(u.reason, c.failure_reason), \
+                   updated_at = now(), \
+                   ended_at = CASE WHEN coalesce(u.status, c.status) IN {ENDED} \
+                       THEN coalesce(c.ended_at, now()) END \
+                 FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::bool[], $5::text[], \
+                             $6::text[], $7::text[], $8::text[], $9::text[]) \
+                   AS u(id, status, executed, notified, params, params_class, rv, rv_class, reason) \
+                 WHERE c.command_id = u.id"
             ),
             // A hierarchy goes only as a whole, and only when its root and every
             // row under it ended before the cutoff. A NULL or unknown status
@@ -200,6 +242,63 @@ impl PgStore {
                 return Ok(total);
             }
         }
+    }
+
+    /// Applies a writer batch: one multi-row INSERT and one multi-row UPDATE,
+    /// in one transaction when both are needed.
+    async fn apply_batch(&self, batch: &[Transition]) -> Result<(), StoreError> {
+        let op = StoreOp::Apply;
+        let first = batch.first().map(Transition::command_id);
+        let pg = |e| map_pg_error(op, if batch.len() == 1 { first } else { None }, e);
+        let mut inserts = InsertColumns::default();
+        let mut updates = UpdateColumns::default();
+        for transition in batch {
+            match transition {
+                Transition::Insert(e) => inserts.push(e),
+                Transition::Update(u) => updates.push(u),
+            }
+        }
+        let mut client = self.client(op, first).await?;
+        let insert_stmt = if inserts.id.is_empty() {
+            None
+        } else {
+            Some(
+                client
+                    .prepare_cached(&self.sql.apply_inserts)
+                    .await
+                    .map_err(pg)?,
+            )
+        };
+        let update_stmt = if updates.id.is_empty() {
+            None
+        } else {
+            Some(
+                client
+                    .prepare_cached(&self.sql.apply_updates)
+                    .await
+                    .map_err(pg)?,
+            )
+        };
+        let insert_params = inserts.params();
+        let update_params = updates.params();
+        match (insert_stmt, update_stmt) {
+            // A single statement is a transaction of its own: no BEGIN/COMMIT
+            // round trips needed.
+            (Some(stmt), None) => {
+                client.execute(&stmt, &insert_params).await.map_err(pg)?;
+            }
+            (None, Some(stmt)) => {
+                client.execute(&stmt, &update_params).await.map_err(pg)?;
+            }
+            (Some(insert), Some(update)) => {
+                let tx = client.transaction().await.map_err(pg)?;
+                tx.execute(&insert, &insert_params).await.map_err(pg)?;
+                tx.execute(&update, &update_params).await.map_err(pg)?;
+                tx.commit().await.map_err(pg)?;
+            }
+            (None, None) => {}
+        }
+        Ok(())
     }
 
     async fn client(
@@ -470,6 +569,29 @@ impl CommandStore for PgStore {
         })
     }
 
+    fn children(&self, parent: CommandId) -> StoreFuture<'_, LoadedRows> {
+        Box::pin(async move {
+            self.load_many(
+                StoreOp::Children,
+                Some(parent),
+                &self.sql.children,
+                &[parent.as_uuid()],
+            )
+            .await
+        })
+    }
+
+    fn apply<'a>(&'a self, batch: &'a [Transition]) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.apply_batch(batch).await })
+    }
+
+    fn prepare(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            crate::migrate::migrate(&self.pool, &self.schema).await?;
+            Ok(())
+        })
+    }
+
     fn remove_before_batch(
         &self,
         cutoff: DateTime<Utc>,
@@ -497,6 +619,114 @@ impl CommandStore for PgStore {
             }
             Ok(batch)
         })
+    }
+}
+
+/// Column arrays of a multi-row insert (`unnest` turns them back into rows).
+#[derive(Default)]
+struct InsertColumns<'a> {
+    id: Vec<Uuid>,
+    ty: Vec<i32>,
+    root: Vec<Option<Uuid>>,
+    parent: Vec<Option<Uuid>>,
+    params: Vec<&'a str>,
+    class: Vec<&'a str>,
+    created: Vec<DateTime<Utc>>,
+    status: Vec<&'static str>,
+    cb: Vec<bool>,
+    notified: Vec<bool>,
+    executed: Vec<bool>,
+    rv: Vec<Option<&'a str>>,
+    rv_class: Vec<Option<&'a str>>,
+    reason: Vec<Option<&'a str>>,
+    job: Vec<Option<Uuid>>,
+    step: Vec<Option<Uuid>>,
+}
+
+impl<'a> InsertColumns<'a> {
+    fn push(&mut self, e: &'a CommandEntity) {
+        let (rv, rv_class) = split_payload(e.return_value.as_ref());
+        self.id.push(*e.id.as_uuid());
+        self.ty.push(e.command_type);
+        self.root.push(e.root_id.map(Uuid::from));
+        self.parent.push(e.parent_id.map(Uuid::from));
+        self.params.push(e.parameters.json());
+        self.class.push(e.parameters.class());
+        self.created.push(e.created_at);
+        self.status.push(e.status.as_str());
+        self.cb.push(e.callback_enabled);
+        self.notified.push(e.callback_notified);
+        self.executed.push(e.executed);
+        self.rv.push(rv);
+        self.rv_class.push(rv_class);
+        self.reason.push(e.failure_reason.as_deref());
+        self.job.push(e.job_id);
+        self.step.push(e.step_id);
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 16] {
+        [
+            &self.id,
+            &self.ty,
+            &self.root,
+            &self.parent,
+            &self.params,
+            &self.class,
+            &self.created,
+            &self.status,
+            &self.cb,
+            &self.notified,
+            &self.executed,
+            &self.rv,
+            &self.rv_class,
+            &self.reason,
+            &self.job,
+            &self.step,
+        ]
+    }
+}
+
+/// Column arrays of a multi-row update; `None` leaves a column unchanged.
+#[derive(Default)]
+struct UpdateColumns<'a> {
+    id: Vec<Uuid>,
+    status: Vec<Option<&'static str>>,
+    executed: Vec<Option<bool>>,
+    notified: Vec<Option<bool>>,
+    params: Vec<Option<&'a str>>,
+    params_class: Vec<Option<&'a str>>,
+    rv: Vec<Option<&'a str>>,
+    rv_class: Vec<Option<&'a str>>,
+    reason: Vec<Option<&'a str>>,
+}
+
+impl<'a> UpdateColumns<'a> {
+    fn push(&mut self, u: &'a CommandUpdate) {
+        let (params, params_class) = split_payload(u.parameters.as_ref());
+        let (rv, rv_class) = split_payload(u.return_value.as_ref());
+        self.id.push(*u.id.as_uuid());
+        self.status.push(u.status.map(CommandStatus::as_str));
+        self.executed.push(u.executed);
+        self.notified.push(u.notified);
+        self.params.push(params);
+        self.params_class.push(params_class);
+        self.rv.push(rv);
+        self.rv_class.push(rv_class);
+        self.reason.push(u.failure_reason.as_deref());
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 9] {
+        [
+            &self.id,
+            &self.status,
+            &self.executed,
+            &self.notified,
+            &self.params,
+            &self.params_class,
+            &self.rv,
+            &self.rv_class,
+            &self.reason,
+        ]
     }
 }
 

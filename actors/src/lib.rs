@@ -1,14 +1,36 @@
 //! The actor runtime of command-coordinator.
 //!
-//! For now it holds the command model and the store interface the runtime is
-//! built on; hosts use it through the `command-coordinator` crate, which
-//! re-exports everything here.
+//! Every persisted command runs as a supervised [`actix`] actor
+//! (`CommandActor`) that receives `Poll`, `ChildCompleted` and `EndAction`
+//! messages; a [`Coordinator`] spawns them, routes completions from children
+//! to parents and rebuilds every unfinished command from the database at
+//! start-up; a cleanup actor expires old ended hierarchies. All writes go
+//! through one group-committing [`writer::StoreWriter`].
+//!
+//! Hosts normally use this through the `command-coordinator` crate, which
+//! re-exports it and adds the PostgreSQL store.
 
+mod cleanup;
+pub mod command;
+mod command_actor;
+pub mod config;
+pub mod coordinator;
+pub mod messages;
 pub mod model;
+mod panic;
+mod registry;
 pub mod store;
+pub mod writer;
 
+pub use cleanup::RunCleanup;
+pub use command::{
+    ChildExecution, ChildView, Command, CommandContext, CommandError, InterruptedExecute,
+    PollOutcome,
+};
+pub use config::{CleanupConfig, OnRootEnd, RuntimeConfig};
+pub use coordinator::{Coordinator, CoordinatorBuilder, CoordinatorError, Outcome, StartError};
 pub use model::{CommandEntity, CommandId, CommandStatus, JsonPayload, UnknownStatus};
 pub use store::{
-    BadRow, BoxError, CommandStore, LoadedRows, RemovedBatch, StoreError, StoreErrorKind,
-    StoreFuture, StoreOp,
+    BadRow, BoxError, CommandStore, CommandUpdate, LoadedRows, RemovedBatch, StoreError,
+    StoreErrorKind, StoreFuture, StoreOp, Transition,
 };

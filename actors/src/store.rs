@@ -43,6 +43,8 @@ pub enum StoreOp {
     Remove,
     RemoveHierarchy,
     RemoveBefore,
+    Children,
+    Apply,
 }
 
 impl StoreOp {
@@ -65,6 +67,8 @@ impl StoreOp {
             StoreOp::Remove => "remove",
             StoreOp::RemoveHierarchy => "remove_hierarchy",
             StoreOp::RemoveBefore => "remove_before",
+            StoreOp::Children => "children",
+            StoreOp::Apply => "apply",
         }
     }
 }
@@ -172,6 +176,60 @@ pub struct RemovedBatch {
     pub removed: Vec<CommandId>,
 }
 
+/// One change to `command_entities` made by the runtime, applied by the
+/// [`crate::writer::StoreWriter`] together with others in one transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// A new command (normally `NOT_STARTED`). Inserting an id that exists
+    /// changes nothing, which makes a retried batch harmless.
+    Insert(Box<CommandEntity>),
+    /// A change to an existing command.
+    Update(CommandUpdate),
+}
+
+impl Transition {
+    pub fn command_id(&self) -> CommandId {
+        match self {
+            Transition::Insert(e) => e.id,
+            Transition::Update(u) => u.id,
+        }
+    }
+}
+
+/// The columns a runtime transition sets; `None` leaves a column as it is.
+/// `updated_at` is always set, and `ended_at` when the status becomes `ENDED_*`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommandUpdate {
+    pub id: CommandId,
+    pub status: Option<CommandStatus>,
+    pub executed: Option<bool>,
+    pub notified: Option<bool>,
+    /// The command's current state, re-serialized (`command_parameters`).
+    pub parameters: Option<JsonPayload>,
+    pub return_value: Option<JsonPayload>,
+    pub failure_reason: Option<String>,
+}
+
+impl CommandUpdate {
+    pub fn new(id: CommandId) -> Self {
+        Self {
+            id,
+            ..Self::default()
+        }
+    }
+
+    /// Folds a later update of the same command into this one.
+    pub fn merge(&mut self, later: CommandUpdate) {
+        debug_assert_eq!(self.id, later.id);
+        self.status = later.status.or(self.status);
+        self.executed = later.executed.or(self.executed);
+        self.notified = later.notified.or(self.notified);
+        self.parameters = later.parameters.or(self.parameters.take());
+        self.return_value = later.return_value.or(self.return_value.take());
+        self.failure_reason = later.failure_reason.or(self.failure_reason.take());
+    }
+}
+
 /// Persistence of commands: the seed's CRUD operations and DAO in one interface.
 ///
 /// Every method names itself and the command in its [`StoreError`]. A missing
@@ -221,6 +279,18 @@ pub trait CommandStore: Send + Sync + 'static {
 
     /// Removes `root` and every descendant in one transaction; returns how many rows.
     fn remove_hierarchy(&self, root: CommandId) -> StoreFuture<'_, u64>;
+
+    /// The children of `parent` as entities, oldest first.
+    fn children(&self, parent: CommandId) -> StoreFuture<'_, LoadedRows>;
+
+    /// Applies `batch` in one transaction: all of it or none. Inserts first,
+    /// then updates; each command appears at most once among the updates.
+    fn apply<'a>(&'a self, batch: &'a [Transition]) -> StoreFuture<'a, ()>;
+
+    /// Readies the store for a coordinator (migrations, for PostgreSQL).
+    fn prepare(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Removes at most `max_hierarchies` whole hierarchies whose every command
     /// ended before `cutoff`. A hierarchy with any command not ended is never

@@ -59,3 +59,31 @@ pub async fn fresh_db() -> TestDb {
         store,
     }
 }
+
+pub mod commands;
+
+use std::time::Duration;
+
+use command_coordinator::{Coordinator, CoordinatorBuilder};
+
+/// A builder over the test's store with every test command type registered
+/// and fast timings (polls every 10 ms, end retries after 5 ms).
+pub fn builder(db: &TestDb) -> CoordinatorBuilder {
+    Coordinator::builder(db.store.clone())
+        .register::<commands::Job>()
+        .register::<commands::Parent>()
+        .register::<commands::SerialParent>()
+        .register::<commands::Idempotent>()
+        .register::<commands::ShortLived>()
+        .poll_interval(Duration::from_millis(10))
+        .max_poll_interval(Duration::from_millis(40))
+        .end_retry_delay(Duration::from_millis(5))
+}
+
+/// Fails the test instead of hanging when something never finishes.
+pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    match actix::clock::timeout(Duration::from_secs(60), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}

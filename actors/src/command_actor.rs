@@ -1,0 +1,845 @@
+//! `CommandActor`: one supervised actor per persisted command.
+//!
+//! It owns the command's live state (nothing else touches it: oVirt's
+//! concurrent-modification bugs ff5165fb8be and dc96d1c74b5 cannot happen) and
+//! drives the lifecycle:
+//!
+//! ```text
+//! NOT_STARTED ─► ACTIVE ─► execute ─► executed=true ─► Poll ... ─► SUCCEEDED/FAILED
+//!   ─► EndAction ─► end method ─► ENDED_* + callback_notified ─► parent told ─► gone
+//! ```
+//!
+//! Every status change goes through the [`StoreWriter`](crate::writer::StoreWriter)
+//! and is acted on only after its commit was acknowledged. Polls cost no
+//! database round trip: children report their end by message
+//! ([`ChildCompleted`]), so a parent re-evaluates at once instead of polling
+//! its children's rows.
+//!
+//! User code runs with panics caught. A panic in `execute` or `poll` stops the
+//! actor; its `Supervisor` restarts it, the state is reloaded from the
+//! database, and after `max_restarts` panics the command fails. Errors fail the
+//! command at once; end methods are retried with backoff up to a cap.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+use tracing::{Instrument, Span, debug, error, info_span, warn};
+
+use crate::command::{
+    ChildExecution, ChildView, Command, CommandContext, CommandError, InterruptedExecute,
+    PollOutcome,
+};
+use crate::coordinator::{ChildStart, Coordinator, StatusChanged};
+use crate::messages::{ChildCompleted, EndAction, Finished, Inspect, Inspection, Poll};
+use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
+use crate::panic::CatchUnwind;
+use crate::store::{CommandUpdate, Transition};
+
+/// How an actor comes to life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StartKind {
+    /// Just submitted in this process: its row is NOT_STARTED and it has no
+    /// children yet.
+    Fresh,
+    /// Rebuilt from its row at start-up: its children are read from the store.
+    Rehydrated,
+    /// A serial parent's child that will not run because an earlier sibling
+    /// failed: it fails with this reason without executing.
+    Skip(String),
+}
+
+/// The addresses the coordinator keeps for a live command. Holding them keeps
+/// the actor's mailbox connected, which is what lets its `Supervisor` restart
+/// it; dropping them (when the command finished) lets it stop.
+#[derive(Clone)]
+pub(crate) struct LiveAddr {
+    pub(crate) child_completed: Recipient<ChildCompleted>,
+    pub(crate) inspect: Recipient<Inspect>,
+}
+
+impl LiveAddr {
+    pub(crate) fn new<C: Command>(addr: Addr<CommandActor<C>>) -> Self {
+        Self {
+            child_completed: addr.clone().recipient(),
+            inspect: addr.recipient(),
+        }
+    }
+}
+
+pub(crate) struct CommandActor<C: Command> {
+    /// The command value; `None` while command code runs with it, or after a
+    /// panic until it is reloaded.
+    command: Option<C>,
+    /// The row as last committed.
+    row: CommandEntity,
+    /// Children in submission order, with what this command knows of them.
+    children: Vec<ChildView>,
+    /// Serial children this command has asked the coordinator to start.
+    started_children: HashSet<CommandId>,
+    coordinator: Coordinator,
+    start: StartKind,
+    /// True while a write or a call into command code is in flight; lifecycle
+    /// steps never overlap.
+    busy: bool,
+    /// A child ended while busy: evaluate again once free.
+    reevaluate: bool,
+    /// `execute` may run in this incarnation (the row went NOT_STARTED →
+    /// ACTIVE here, or the type opted into re-running).
+    may_execute: bool,
+    poll_delay: Duration,
+    poll_timer: Option<SpawnHandle>,
+    end_attempts: u32,
+    restarts: u32,
+    /// The restart after a panic must reload from the database first.
+    reload: bool,
+    finished: bool,
+    span: Span,
+}
+
+impl<C: Command> CommandActor<C> {
+    pub(crate) fn new(
+        command: C,
+        row: CommandEntity,
+        start: StartKind,
+        coordinator: Coordinator,
+    ) -> Self {
+        let span = info_span!(
+            "command",
+            id = %row.id,
+            r#type = row.command_type,
+            parent = row.parent_id.map(tracing::field::display),
+            root = %row.root(),
+        );
+        let poll_delay = coordinator.config().poll_interval;
+        Self {
+            command: Some(command),
+            row,
+            children: Vec::new(),
+            started_children: HashSet::new(),
+            coordinator,
+            start,
+            busy: false,
+            reevaluate: false,
+            may_execute: false,
+            poll_delay,
+            poll_timer: None,
+            end_attempts: 0,
+            restarts: 0,
+            reload: false,
+            finished: false,
+            span,
+        }
+    }
+
+    fn id(&self) -> CommandId {
+        self.row.id
+    }
+
+    /// A fresh context for one call into command code.
+    fn context(&self) -> CommandContext {
+        CommandContext {
+            id: self.row.id,
+            parent_id: self.row.parent_id,
+            root_id: self.row.root(),
+            command_type: self.row.command_type,
+            serial_children: C::CHILD_EXECUTION == ChildExecution::Serial,
+            children: self.children.clone(),
+            end_attempt: self.end_attempts + 1,
+            coordinator: self.coordinator.clone(),
+            submitted: Rc::new(RefCell::new(Vec::new())),
+        }
+    }
+
+    /// Takes the next lifecycle step for the committed state. Every step ends
+    /// by calling this again (or by arming a timer that will).
+    fn advance(&mut self, ctx: &mut Context<Self>) {
+        if self.busy || self.finished {
+            return;
+        }
+        let _entered = self.span.clone().entered();
+        let status = self.row.status;
+        match status {
+            CommandStatus::NotStarted => {
+                if let StartKind::Skip(reason) = &self.start {
+                    let reason = reason.clone();
+                    self.commit(ctx, fail(self.id(), CommandStatus::Failed, reason));
+                } else {
+                    self.may_execute = true;
+                    let mut update = CommandUpdate::new(self.id());
+                    update.status = Some(CommandStatus::Active);
+                    self.commit(ctx, update);
+                }
+            }
+            CommandStatus::Active if !self.row.executed => {
+                if self.may_execute || C::ON_INTERRUPTED_EXECUTE == InterruptedExecute::Rerun {
+                    self.may_execute = false;
+                    self.run_execute(ctx);
+                } else {
+                    // oVirt 1f9cf92ddd0 / c01ac673388: nobody knows how far an
+                    // interrupted execute got, so the command fails.
+                    let reason =
+                        "execute was interrupted (process restart or panic) before it completed"
+                            .to_owned();
+                    self.commit(ctx, fail(self.id(), CommandStatus::ExecutionFailed, reason));
+                }
+            }
+            CommandStatus::Active => self.evaluate(ctx),
+            CommandStatus::Succeeded | CommandStatus::Failed | CommandStatus::ExecutionFailed => {
+                ctx.notify(EndAction);
+            }
+            CommandStatus::Unknown => {
+                let reason = "status was UNKNOWN when the command was loaded".to_owned();
+                self.commit(ctx, fail(self.id(), CommandStatus::Failed, reason));
+            }
+            CommandStatus::EndedSuccessfully | CommandStatus::EndedWithFailure => {
+                if self.row.callback_notified {
+                    self.finish();
+                } else {
+                    let mut update = CommandUpdate::new(self.id());
+                    update.notified = Some(true);
+                    self.commit(ctx, update);
+                }
+            }
+        }
+    }
+
+    /// Hands `update` to the writer; applies it to the in-memory row only once
+    /// it is committed, then advances.
+    fn commit(&mut self, ctx: &mut Context<Self>, update: CommandUpdate) {
+        self.busy = true;
+        let writer = self.coordinator.writer().clone();
+        let transition = Transition::Update(update.clone());
+        let fut = async move { writer.write(transition).await }.instrument(self.span.clone());
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            act.busy = false;
+            match result {
+                Ok(()) => {
+                    act.applied(update);
+                    act.advance(ctx);
+                }
+                Err(e) => {
+                    // The writer already retried an unreachable database; this is
+                    // an error of this write alone. Try again later, keep the rest going.
+                    error!(command_id = %act.id(), error = %e, "status change not persisted; retrying later");
+                    act.busy = true;
+                    let delay = act.coordinator.config().max_poll_interval;
+                    ctx.run_later(delay, move |act, ctx| {
+                        act.busy = false;
+                        act.commit(ctx, update);
+                    });
+                }
+            }
+        }));
+    }
+
+    /// Reflects a committed update in memory and tells the coordinator.
+    fn applied(&mut self, update: CommandUpdate) {
+        let now = Utc::now();
+        self.row.updated_at = now;
+        if let Some(status) = update.status
+            && status != self.row.status
+        {
+            debug!(command_id = %self.id(), from = %self.row.status, to = %status, "status committed");
+            self.row.status = status;
+            if status.is_ended() && self.row.ended_at.is_none() {
+                self.row.ended_at = Some(now);
+            }
+            self.coordinator.status_changed(StatusChanged {
+                id: self.id(),
+                status,
+            });
+        }
+        if let Some(executed) = update.executed {
+            self.row.executed = executed;
+        }
+        if let Some(notified) = update.notified {
+            self.row.callback_notified = notified;
+        }
+        if let Some(parameters) = update.parameters {
+            self.row.parameters = parameters;
+        }
+        if let Some(value) = update.return_value {
+            self.row.return_value = Some(value);
+        }
+        if let Some(reason) = update.failure_reason {
+            self.row.failure_reason = Some(reason);
+        }
+    }
+
+    /// The command value, rebuilt from the last persisted parameters if a
+    /// panic took it.
+    fn take_command(&mut self) -> Result<C, String> {
+        match self.command.take() {
+            Some(c) => Ok(c),
+            None => self
+                .row
+                .parameters
+                .decode()
+                .map_err(|e| format!("parameters no longer deserialize: {e}")),
+        }
+    }
+
+    fn run_execute(&mut self, ctx: &mut Context<Self>) {
+        let mut command = match self.take_command() {
+            Ok(c) => c,
+            Err(reason) => {
+                return self.commit(ctx, fail(self.id(), CommandStatus::ExecutionFailed, reason));
+            }
+        };
+        self.busy = true;
+        let cctx = self.context();
+        let submitted = cctx.submitted.clone();
+        let fut = async move {
+            let result = CatchUnwind::new(command.execute(&cctx)).await;
+            (command, result)
+        }
+        .instrument(self.span.clone());
+        ctx.spawn(fut.into_actor(self).map(move |(command, result), act, ctx| {
+            act.busy = false;
+            act.record_submitted(&submitted.borrow());
+            match result {
+                Ok(Ok(())) => {
+                    let mut update = CommandUpdate::new(act.id());
+                    update.executed = Some(true);
+                    update.parameters = encode(&command);
+                    act.command = Some(command);
+                    act.busy = true;
+                    let writer = act.coordinator.writer().clone();
+                    let transition = Transition::Update(update.clone());
+                    ctx.spawn(async move { writer.write(transition).await }.into_actor(act).map(
+                        move |result, act, ctx| match result {
+                            Ok(()) => {
+                                act.applied(update);
+                                act.run_on_executed(ctx);
+                            }
+                            Err(e) => {
+                                act.busy = false;
+                                error!(command_id = %act.id(), error = %e, "executed flag not persisted; failing the command");
+                                let reason = format!("could not record that execute completed: {e}");
+                                act.commit(ctx, fail(act.id(), CommandStatus::ExecutionFailed, reason));
+                            }
+                        },
+                    ));
+                }
+                Ok(Err(e)) => {
+                    warn!(command_id = %act.id(), error = %e, "execute failed");
+                    let mut update = fail(act.id(), CommandStatus::ExecutionFailed, e.to_string());
+                    update.parameters = encode(&command);
+                    act.command = Some(command);
+                    act.commit(ctx, update);
+                }
+                Err(panic) => {
+                    error!(command_id = %act.id(), panic = %panic, "execute panicked; restarting the command from its row");
+                    drop(command);
+                    act.restart_after_panic(ctx, format!("execute panicked: {panic}"));
+                }
+            }
+        }));
+    }
+
+    fn run_on_executed(&mut self, ctx: &mut Context<Self>) {
+        let mut command = match self.take_command() {
+            Ok(c) => c,
+            Err(reason) => {
+                self.busy = false;
+                return self.commit(ctx, fail(self.id(), CommandStatus::Failed, reason));
+            }
+        };
+        let cctx = self.context();
+        let fut = async move {
+            let result = CatchUnwind::new(command.on_executed(&cctx)).await;
+            (command, result)
+        }
+        .instrument(self.span.clone());
+        ctx.spawn(fut.into_actor(self).map(|(command, result), act, ctx| {
+            act.busy = false;
+            if let Err(panic) = result {
+                // The hook is informational; a panic in it does not undo execute.
+                error!(command_id = %act.id(), panic = %panic, "on_executed panicked; ignored");
+            } else {
+                act.command = Some(command);
+            }
+            // First look right away: quick commands finish without waiting a poll interval.
+            act.advance(ctx);
+        }));
+    }
+
+    fn record_submitted(&mut self, submitted: &[(CommandId, i32)]) {
+        for &(id, command_type) in submitted {
+            if !self.children.iter().any(|c| c.id == id) {
+                self.children.push(ChildView {
+                    id,
+                    command_type,
+                    status: CommandStatus::NotStarted,
+                    output: None,
+                    failure_reason: None,
+                });
+            }
+        }
+    }
+
+    /// The poll step: decide from the children, then ask the command.
+    fn evaluate(&mut self, ctx: &mut Context<Self>) {
+        if self.busy {
+            self.reevaluate = true;
+            return;
+        }
+        if self.row.status != CommandStatus::Active || !self.row.executed || self.finished {
+            return;
+        }
+        self.reevaluate = false;
+        if let Some(timer) = self.poll_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let life = self
+            .command
+            .as_ref()
+            .and_then(Command::life_time)
+            .unwrap_or(self.coordinator.config().life_time);
+        let age = (Utc::now() - self.row.created_at)
+            .to_std()
+            .unwrap_or_default();
+        if age > life {
+            let reason = format!("exceeded its life time of {life:?}");
+            warn!(command_id = %self.id(), "{reason}");
+            return self.commit(ctx, fail(self.id(), CommandStatus::Failed, reason));
+        }
+
+        // Children first: a parent decides only once every child has *ended*
+        // (oVirt 7340c94ef5b: SUCCEEDED is not done).
+        if C::CHILD_EXECUTION == ChildExecution::Serial {
+            self.start_serial_children();
+        }
+        if self.children.iter().any(|c| !c.status.is_ended()) {
+            return self.schedule_poll(ctx);
+        }
+        if let Some(failed) = self
+            .children
+            .iter()
+            .find(|c| c.status == CommandStatus::EndedWithFailure)
+        {
+            let reason = format!(
+                "child {} failed: {}",
+                failed.id,
+                failed
+                    .failure_reason
+                    .as_deref()
+                    .unwrap_or("no reason recorded")
+            );
+            return self.commit(ctx, fail(self.id(), CommandStatus::Failed, reason));
+        }
+
+        let mut command = match self.take_command() {
+            Ok(c) => c,
+            Err(reason) => return self.commit(ctx, fail(self.id(), CommandStatus::Failed, reason)),
+        };
+        self.busy = true;
+        let cctx = self.context();
+        let fut = async move {
+            let result = CatchUnwind::new(command.poll(&cctx)).await;
+            (command, result)
+        }
+        .instrument(self.span.clone());
+        ctx.spawn(fut.into_actor(self).map(|(command, result), act, ctx| {
+            act.busy = false;
+            match result {
+                Ok(Ok(PollOutcome::Running)) => {
+                    act.command = Some(command);
+                    if act.reevaluate {
+                        act.evaluate(ctx);
+                    } else {
+                        act.schedule_poll(ctx);
+                    }
+                }
+                Ok(Ok(PollOutcome::Succeeded(output))) => {
+                    let mut update = CommandUpdate::new(act.id());
+                    update.status = Some(CommandStatus::Succeeded);
+                    update.parameters = encode(&command);
+                    match JsonPayload::encode(&output) {
+                        Ok(value) => update.return_value = Some(value),
+                        Err(e) => {
+                            update.status = Some(CommandStatus::Failed);
+                            update.failure_reason = Some(format!("output does not serialize: {e}"));
+                        }
+                    }
+                    act.command = Some(command);
+                    act.commit(ctx, update);
+                }
+                Ok(Ok(PollOutcome::Failed(reason))) => {
+                    let mut update = fail(act.id(), CommandStatus::Failed, reason);
+                    update.parameters = encode(&command);
+                    act.command = Some(command);
+                    act.commit(ctx, update);
+                }
+                Ok(Err(e)) => {
+                    // oVirt 449abee7b07: an error in polling fails the command;
+                    // it is never polled again.
+                    warn!(command_id = %act.id(), error = %e, "poll failed");
+                    let mut update = fail(act.id(), CommandStatus::Failed, format!("poll failed: {e}"));
+                    update.parameters = encode(&command);
+                    act.command = Some(command);
+                    act.commit(ctx, update);
+                }
+                Err(panic) => {
+                    error!(command_id = %act.id(), panic = %panic, "poll panicked; restarting the command from its row");
+                    drop(command);
+                    act.restart_after_panic(ctx, format!("poll panicked: {panic}"));
+                }
+            }
+        }));
+    }
+
+    /// Serial mode: start the next child when none is running; once one
+    /// failed, fail the ones not started without running them.
+    fn start_serial_children(&mut self) {
+        let failed = self
+            .children
+            .iter()
+            .any(|c| c.status == CommandStatus::EndedWithFailure);
+        let running = self
+            .children
+            .iter()
+            .any(|c| !c.status.is_ended() && self.is_started(c));
+        let waiting: Vec<CommandId> = self
+            .children
+            .iter()
+            .filter(|c| !self.is_started(c))
+            .map(|c| c.id)
+            .collect();
+        if failed {
+            for id in waiting {
+                self.started_children.insert(id);
+                self.coordinator.start_child(ChildStart {
+                    id,
+                    skip: Some("not run: an earlier child of its serial parent failed".into()),
+                });
+            }
+        } else if !running && let Some(&next) = waiting.first() {
+            self.started_children.insert(next);
+            self.coordinator.start_child(ChildStart {
+                id: next,
+                skip: None,
+            });
+        }
+    }
+
+    fn is_started(&self, child: &ChildView) -> bool {
+        child.status != CommandStatus::NotStarted || self.started_children.contains(&child.id)
+    }
+
+    fn schedule_poll(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.poll_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let delay = self.poll_delay;
+        self.poll_delay = (self.poll_delay * 2).min(self.coordinator.config().max_poll_interval);
+        self.poll_timer = Some(ctx.notify_later(Poll, delay));
+    }
+
+    /// Runs the end method for SUCCEEDED / FAILED / EXECUTION_FAILED.
+    fn run_end_action(&mut self, ctx: &mut Context<Self>) {
+        if self.busy || self.finished || !self.row.status.awaits_end_action() {
+            return;
+        }
+        let mut command = match self.take_command() {
+            Ok(c) => c,
+            Err(reason) => {
+                // Without the command value no end method can run: finalize.
+                let update = ended(
+                    self.id(),
+                    false,
+                    Some(format!("end action skipped: {reason}")),
+                );
+                return self.commit(ctx, update);
+            }
+        };
+        self.busy = true;
+        let succeeded = self.row.status == CommandStatus::Succeeded;
+        let output: Option<Result<C::Output, String>> = succeeded.then(|| {
+            self.row
+                .return_value
+                .as_ref()
+                .ok_or_else(|| "the command SUCCEEDED but has no return value".to_owned())
+                .and_then(|p| {
+                    p.decode()
+                        .map_err(|e| format!("return value does not decode: {e}"))
+                })
+        });
+        let reason = self
+            .row
+            .failure_reason
+            .clone()
+            .unwrap_or_else(|| self.row.status.to_string());
+        let cctx = self.context();
+        let fut = async move {
+            let result = match &output {
+                Some(Ok(output)) => CatchUnwind::new(command.end_successfully(output, &cctx)).await,
+                Some(Err(e)) => Ok(Err(CommandError::new(e.clone()))),
+                None => CatchUnwind::new(command.end_with_failure(&reason, &cctx)).await,
+            };
+            let result = result.unwrap_or_else(|panic| {
+                Err(CommandError::new(format!("end method panicked: {panic}")))
+            });
+            (command, cctx, result)
+        }
+        .instrument(self.span.clone());
+        ctx.spawn(fut.into_actor(self).map(move |(command, cctx, result), act, ctx| {
+            act.busy = false;
+            act.end_attempts += 1;
+            match result {
+                Ok(()) => {
+                    let mut update = ended(act.id(), succeeded, None);
+                    update.parameters = encode(&command);
+                    act.command = Some(command);
+                    act.commit(ctx, update);
+                }
+                Err(e) if act.end_attempts < act.coordinator.config().end_attempts => {
+                    // oVirt 8fe166893fd / 67a84bfb19f: retry, but not forever.
+                    let config = act.coordinator.config();
+                    let delay = config
+                        .end_retry_delay
+                        .saturating_mul(1 << (act.end_attempts - 1).min(16))
+                        .min(config.max_poll_interval);
+                    warn!(command_id = %act.id(), attempt = act.end_attempts, error = %e, retry_in = ?delay, "end method failed; will retry");
+                    act.command = Some(command);
+                    ctx.notify_later(EndAction, delay);
+                }
+                Err(e) => {
+                    error!(command_id = %act.id(), attempts = act.end_attempts, error = %e, "end method failed on every attempt; finalizing");
+                    act.busy = true;
+                    let mut command = command;
+                    let fut = async move {
+                        let _ = CatchUnwind::new(command.finalize(&e, &cctx)).await;
+                        (command, e)
+                    };
+                    ctx.spawn(fut.into_actor(act).map(|(command, e), act, ctx| {
+                        act.busy = false;
+                        let reason = format!("end method failed {} times: {e}", act.end_attempts);
+                        let mut update = ended(act.id(), false, Some(reason));
+                        update.parameters = encode(&command);
+                        act.command = Some(command);
+                        act.commit(ctx, update);
+                    }));
+                }
+            }
+        }));
+    }
+
+    /// A panic in command code: stop, so that the `Supervisor` restarts this
+    /// actor, which reloads its state from the database. After too many
+    /// restarts the command fails instead.
+    fn restart_after_panic(&mut self, ctx: &mut Context<Self>, reason: String) {
+        self.restarts += 1;
+        if self.restarts > self.coordinator.config().max_restarts {
+            let status = if self.row.executed {
+                CommandStatus::Failed
+            } else {
+                CommandStatus::ExecutionFailed
+            };
+            let reason = format!("{reason} (gave up after {} restarts)", self.restarts - 1);
+            return self.commit(ctx, fail(self.id(), status, reason));
+        }
+        self.reload = true;
+        ctx.stop();
+    }
+
+    /// Reloads the row (after a restart) and the children (after a restart
+    /// or when rebuilt at start-up), then advances.
+    fn load_and_advance(&mut self, ctx: &mut Context<Self>, reload_row: bool) {
+        self.busy = true;
+        let store = self.coordinator.store().clone();
+        let id = self.id();
+        let fut = async move {
+            let row = if reload_row {
+                Some(store.get(id).await)
+            } else {
+                None
+            };
+            let children = store.children(id).await;
+            (row, children)
+        };
+        ctx.spawn(fut.into_actor(self).map(move |(row, children), act, ctx| {
+            act.busy = false;
+            match row {
+                Some(Ok(Some(row))) => {
+                    act.command = row.parameters.decode().ok();
+                    act.row = row;
+                }
+                Some(Ok(None)) => {
+                    warn!(command_id = %id, "row vanished while the command was live; stopping it");
+                    act.finished = true;
+                    return;
+                }
+                Some(Err(e)) => {
+                    error!(command_id = %id, error = %e, "cannot reload the command; retrying");
+                    let delay = act.coordinator.config().max_poll_interval;
+                    ctx.run_later(delay, move |act, ctx| act.load_and_advance(ctx, true));
+                    return;
+                }
+                None => {}
+            }
+            match children {
+                Ok(loaded) => {
+                    for bad in &loaded.bad_rows {
+                        warn!(command_id = %id, child = %bad.command_id, reason = %bad.reason, "unreadable child row");
+                    }
+                    for child in loaded.entities {
+                        act.merge_child(ChildCompleted {
+                            child: child.id,
+                            command_type: child.command_type,
+                            status: child.status,
+                            output: child.return_value,
+                            failure_reason: child.failure_reason,
+                        });
+                    }
+                }
+                Err(e) => {
+                    error!(command_id = %id, error = %e, "cannot load the children; retrying");
+                    let delay = act.coordinator.config().max_poll_interval;
+                    ctx.run_later(delay, move |act, ctx| act.load_and_advance(ctx, reload_row));
+                    return;
+                }
+            }
+            act.advance(ctx);
+        }));
+    }
+
+    /// Records what is known of a child, never moving it backwards (a
+    /// ChildCompleted may arrive before the store's older view of it).
+    fn merge_child(&mut self, news: ChildCompleted) {
+        match self.children.iter_mut().find(|c| c.id == news.child) {
+            Some(child) => {
+                if child.status.is_ended() && !news.status.is_ended() {
+                    return;
+                }
+                child.status = news.status;
+                child.output = news.output.or(child.output.take());
+                child.failure_reason = news.failure_reason.or(child.failure_reason.take());
+            }
+            None => self.children.push(ChildView {
+                id: news.child,
+                command_type: news.command_type,
+                status: news.status,
+                output: news.output,
+                failure_reason: news.failure_reason,
+            }),
+        }
+    }
+
+    /// The command ended and that is committed: tell the coordinator (which
+    /// tells the parent and the waiters and drops this actor's addresses, so
+    /// that it stops).
+    fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        debug!(command_id = %self.id(), status = %self.row.status, "command finished");
+        self.coordinator.finished(Finished {
+            id: self.id(),
+            parent_id: self.row.parent_id,
+            command_type: self.row.command_type,
+            status: self.row.status,
+            output: self.row.return_value.clone(),
+            failure_reason: self.row.failure_reason.clone(),
+        });
+    }
+}
+
+fn encode<C: Command>(command: &C) -> Option<JsonPayload> {
+    match JsonPayload::encode(command) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            warn!(error = %e, "command state does not serialize; keeping the last persisted parameters");
+            None
+        }
+    }
+}
+
+fn fail(id: CommandId, status: CommandStatus, reason: String) -> CommandUpdate {
+    let mut update = CommandUpdate::new(id);
+    update.status = Some(status);
+    update.failure_reason = Some(reason);
+    update
+}
+
+/// ENDED_* and callback_notified in one transition.
+fn ended(id: CommandId, succeeded: bool, reason: Option<String>) -> CommandUpdate {
+    let mut update = CommandUpdate::new(id);
+    update.status = Some(if succeeded {
+        CommandStatus::EndedSuccessfully
+    } else {
+        CommandStatus::EndedWithFailure
+    });
+    update.notified = Some(true);
+    update.failure_reason = reason;
+    update
+}
+
+impl<C: Command> Actor for CommandActor<C> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.reload {
+            self.reload = false;
+            self.load_and_advance(ctx, true);
+        } else if self.start == StartKind::Rehydrated {
+            self.load_and_advance(ctx, false);
+        } else {
+            self.advance(ctx);
+        }
+    }
+}
+
+impl<C: Command> Supervised for CommandActor<C> {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        // Spawned futures and timers were dropped with the old context.
+        self.busy = false;
+        self.poll_timer = None;
+        self.reevaluate = false;
+        self.poll_delay = self.coordinator.config().poll_interval;
+        debug!(command_id = %self.id(), restarts = self.restarts, "command actor restarting");
+    }
+}
+
+impl<C: Command> Handler<Poll> for CommandActor<C> {
+    type Result = ();
+
+    fn handle(&mut self, _: Poll, ctx: &mut Self::Context) {
+        self.poll_timer = None;
+        self.evaluate(ctx);
+    }
+}
+
+impl<C: Command> Handler<ChildCompleted> for CommandActor<C> {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChildCompleted, ctx: &mut Self::Context) {
+        self.merge_child(msg);
+        // Push, not poll: re-evaluate at once.
+        self.evaluate(ctx);
+    }
+}
+
+impl<C: Command> Handler<EndAction> for CommandActor<C> {
+    type Result = ();
+
+    fn handle(&mut self, _: EndAction, ctx: &mut Self::Context) {
+        self.run_end_action(ctx);
+    }
+}
+
+impl<C: Command> Handler<Inspect> for CommandActor<C> {
+    type Result = Inspection;
+
+    fn handle(&mut self, _: Inspect, _: &mut Self::Context) -> Inspection {
+        Inspection {
+            entity: self.row.clone(),
+            children: self.children.iter().map(|c| c.id).collect(),
+        }
+    }
+}

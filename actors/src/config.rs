@@ -1,0 +1,145 @@
+//! Runtime settings, with named defaults and validation at the edge.
+
+use std::time::Duration;
+
+use crate::writer::WriterConfig;
+
+/// First poll interval of a command (oVirt: 1 s).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// The poll interval doubles up to this while a command keeps running (oVirt: 10 s).
+pub const DEFAULT_MAX_POLL_INTERVAL: Duration = Duration::from_secs(10);
+/// Attempts of an end method before it is given up (oVirt: 5).
+pub const DEFAULT_END_ATTEMPTS: u32 = 5;
+/// Pause before the first retry of a failed end method; doubles each time, up
+/// to the max poll interval.
+pub const DEFAULT_END_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How long a command may stay active (oVirt's CoCoLifeInMinutes: 3000 min).
+pub const DEFAULT_LIFE_TIME: Duration = Duration::from_secs(3000 * 60);
+/// Panics of a command's code (each followed by a restart from the database)
+/// before the command is failed.
+pub const DEFAULT_MAX_RESTARTS: u32 = 3;
+/// How long ended hierarchies stay for operators to inspect. oVirt keeps 30
+/// days, River 24 h; commands here are long-running infrastructure work whose
+/// failures are looked at by people, so a failure on Friday night must still be
+/// there on Monday: one week.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often the cleanup actor runs (oVirt: daily). Hourly keeps each pass small.
+pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(3600);
+/// Hierarchies removed per cleanup statement.
+pub const DEFAULT_CLEANUP_BATCH: u32 = 1_000;
+/// Pause between cleanup batches, so cleanup never hogs the database.
+pub const DEFAULT_CLEANUP_PAUSE: Duration = Duration::from_millis(50);
+
+/// What happens to a root's hierarchy when the root ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRootEnd {
+    /// Leave the rows for the cleanup actor (the default), so operators can
+    /// inspect what happened.
+    KeepForCleanup,
+    /// Remove the hierarchy at once, as oVirt's parent callbacks did.
+    Remove,
+}
+
+/// Settings of the cleanup actor.
+#[derive(Debug, Clone)]
+pub struct CleanupConfig {
+    pub interval: Duration,
+    pub retention: Duration,
+    pub batch: u32,
+    pub pause: Duration,
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        Self {
+            interval: DEFAULT_CLEANUP_INTERVAL,
+            retention: DEFAULT_RETENTION,
+            batch: DEFAULT_CLEANUP_BATCH,
+            pause: DEFAULT_CLEANUP_PAUSE,
+        }
+    }
+}
+
+/// Every setting of a coordinator. Build it through
+/// [`crate::CoordinatorBuilder`]; [`RuntimeConfig::validate`] runs at start.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub poll_interval: Duration,
+    pub max_poll_interval: Duration,
+    pub end_attempts: u32,
+    pub end_retry_delay: Duration,
+    pub life_time: Duration,
+    pub max_restarts: u32,
+    pub on_root_end: OnRootEnd,
+    pub cleanup: CleanupConfig,
+    pub writer: WriterConfig,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            max_poll_interval: DEFAULT_MAX_POLL_INTERVAL,
+            end_attempts: DEFAULT_END_ATTEMPTS,
+            end_retry_delay: DEFAULT_END_RETRY_DELAY,
+            life_time: DEFAULT_LIFE_TIME,
+            max_restarts: DEFAULT_MAX_RESTARTS,
+            on_root_end: OnRootEnd::KeepForCleanup,
+            cleanup: CleanupConfig::default(),
+            writer: WriterConfig::default(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// Checks the settings; the message says which one is wrong and why.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.poll_interval.is_zero() {
+            return Err("poll_interval must be greater than zero".into());
+        }
+        if self.max_poll_interval < self.poll_interval {
+            return Err(format!(
+                "max_poll_interval ({:?}) must not be shorter than poll_interval ({:?})",
+                self.max_poll_interval, self.poll_interval
+            ));
+        }
+        if self.end_attempts == 0 {
+            return Err("end_attempts must be at least 1".into());
+        }
+        if self.life_time.is_zero() {
+            return Err("life_time must be greater than zero".into());
+        }
+        if self.cleanup.interval.is_zero() {
+            return Err("cleanup interval must be greater than zero".into());
+        }
+        if self.cleanup.batch == 0 {
+            return Err("cleanup batch must be at least 1".into());
+        }
+        if self.writer.max_batch == 0 {
+            return Err("writer max_batch must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        assert_eq!(RuntimeConfig::default().validate(), Ok(()));
+        let mut c = RuntimeConfig {
+            poll_interval: Duration::from_secs(20),
+            ..RuntimeConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("max_poll_interval"));
+        c.poll_interval = Duration::ZERO;
+        assert!(c.validate().unwrap_err().contains("poll_interval"));
+        let c = RuntimeConfig {
+            end_attempts: 0,
+            ..RuntimeConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("end_attempts"));
+    }
+}

@@ -1,0 +1,809 @@
+//! `CoordinatorActor` and its handle, [`Coordinator`]: the seed's
+//! CommandCoordinator + CommandExecutor.
+//!
+//! The actor keeps the live commands (their addresses and statuses), spawns
+//! command actors, routes a child's end to its parent, resolves `execute` /
+//! `wait_for` futures, and rebuilds every unfinished command at start-up. The
+//! handle is what hosts hold: cheap to clone, `Send + Sync`, usable from any
+//! arbiter (an actix-web worker, say).
+//!
+//! Start-up order (one order, so no recursion or deadlock between
+//! coordinator and store, oVirt 024f3216eaa / 8f487931740): store prepared
+//! (migrations) → writer started → coordinator actor started → unfinished rows
+//! loaded → every actor of every hierarchy created in one step → cleanup
+//! actor started → handle returned.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+use crate::cleanup::{CleanupActor, RunCleanup};
+use crate::command::Command;
+use crate::command_actor::{LiveAddr, StartKind};
+use crate::config::{OnRootEnd, RuntimeConfig};
+use crate::messages::{ChildCompleted, Finished, Inspect};
+use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
+use crate::registry::Registry;
+use crate::store::{BadRow, CommandStore, StoreError, Transition};
+use crate::writer::StoreWriter;
+
+/// Why a coordinator call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoordinatorError {
+    /// The store failed (for `submit`: the command was not persisted).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The command's type was not registered with this coordinator.
+    #[error("command type {command_type} ({type_name}) is not registered with this coordinator")]
+    UnregisteredType {
+        command_type: i32,
+        type_name: String,
+    },
+    /// The command's parameters or output could not be (de)serialized.
+    #[error("command {what} cannot be serialized: {error}")]
+    Serialization {
+        what: &'static str,
+        error: serde_json::Error,
+    },
+    /// No command has this id.
+    #[error("command {0} does not exist")]
+    NotFound(CommandId),
+    /// The command exists and has not ended, but this host does not run it
+    /// (its row could not be rebuilt at start-up: see the logs for its id).
+    #[error("command {0} has not ended and is not running in this host")]
+    NotRunning(CommandId),
+    /// The coordinator has shut down.
+    #[error("the coordinator has stopped")]
+    Stopped,
+}
+
+/// Why a coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("invalid coordinator configuration: {0}")]
+    InvalidConfig(String),
+    #[error("command type registration: {0}")]
+    Registration(String),
+    #[error("could not prepare the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the coordinator actor stopped during start-up")]
+    Stopped,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome<O = JsonPayload> {
+    pub id: CommandId,
+    /// `ENDED_SUCCESSFULLY` or `ENDED_WITH_FAILURE`.
+    pub status: CommandStatus,
+    /// The output, when the command succeeded.
+    pub output: Option<O>,
+    pub failure_reason: Option<String>,
+}
+
+impl<O> Outcome<O> {
+    pub fn succeeded(&self) -> bool {
+        self.status == CommandStatus::EndedSuccessfully
+    }
+
+    /// `Ok(output)` when the command ended successfully, else `Err(reason)`.
+    pub fn into_result(self) -> Result<O, String> {
+        match (self.status, self.output) {
+            (CommandStatus::EndedSuccessfully, Some(output)) => Ok(output),
+            _ => Err(self
+                .failure_reason
+                .unwrap_or_else(|| format!("command ended with status {}", self.status))),
+        }
+    }
+}
+
+impl Outcome<JsonPayload> {
+    /// Decodes the output as `O`.
+    pub fn decode<O: DeserializeOwned>(self) -> Result<Outcome<O>, CoordinatorError> {
+        let output = match self.output {
+            Some(p) => Some(
+                p.decode()
+                    .map_err(|error| CoordinatorError::Serialization {
+                        what: "output",
+                        error,
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(Outcome {
+            id: self.id,
+            status: self.status,
+            output,
+            failure_reason: self.failure_reason,
+        })
+    }
+
+    fn from_finished(f: &Finished) -> Self {
+        Outcome {
+            id: f.id,
+            status: f.status,
+            output: f.output.clone(),
+            failure_reason: f.failure_reason.clone(),
+        }
+    }
+}
+
+/// Where a submitted child hangs in its hierarchy.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ParentLink {
+    pub(crate) parent: CommandId,
+    pub(crate) root: CommandId,
+    /// A serial parent's child waits until its parent starts it.
+    pub(crate) parked: bool,
+}
+
+struct Shared {
+    addr: Addr<CoordinatorActor>,
+    cleanup: Addr<CleanupActor>,
+    writer: StoreWriter,
+    store: Arc<dyn CommandStore>,
+    registry: Registry,
+    config: RuntimeConfig,
+}
+
+/// The handle hosts use: submit, execute, wait for and look up commands.
+///
+/// ```no_run
+/// # use command_coordinator_actors::*;
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct RemoveSnapshot;
+/// # impl Command for RemoveSnapshot { const COMMAND_TYPE: i32 = 1; type Output = ();
+/// #   async fn execute(&mut self, _: &CommandContext) -> Result<(), CommandError> { Ok(()) }
+/// #   async fn poll(&mut self, _: &CommandContext) -> Result<PollOutcome<()>, CommandError> { Ok(PollOutcome::Succeeded(())) } }
+/// # async fn demo(store: impl CommandStore) -> Result<(), Box<dyn std::error::Error>> {
+/// let coordinator = Coordinator::builder(store)
+///     .register::<RemoveSnapshot>()
+///     .start()
+///     .await?;
+/// let outcome = coordinator.execute(RemoveSnapshot).await?;
+/// assert!(outcome.succeeded());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Coordinator {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl Coordinator {
+    /// Starts building a coordinator over `store`.
+    pub fn builder(store: impl CommandStore) -> CoordinatorBuilder {
+        CoordinatorBuilder {
+            store: Arc::new(store),
+            registry: Registry::default(),
+            registration_errors: Vec::new(),
+            config: RuntimeConfig::default(),
+        }
+    }
+
+    /// Persists `command` as NOT_STARTED and starts it; returns its id once the
+    /// row is committed. Nothing runs before that (oVirt e474c6742a6).
+    pub async fn submit<C: Command>(&self, command: C) -> Result<CommandId, CoordinatorError> {
+        self.submit_with_parent(command, None).await
+    }
+
+    /// Submits `command` and waits until it ended (the seed's
+    /// `executeAsyncCommand`).
+    pub async fn execute<C: Command>(
+        &self,
+        command: C,
+    ) -> Result<Outcome<C::Output>, CoordinatorError> {
+        let (entity, parked) = self.prepare(command, None)?;
+        let id = entity.id;
+        let (tx, rx) = oneshot::channel();
+        self.persist_and_spawn(entity, parked, Some(tx)).await?;
+        let finished = rx.await.map_err(|_| CoordinatorError::Stopped)?;
+        debug_assert_eq!(finished.id, id);
+        finished.decode()
+    }
+
+    /// Waits until the command `id` ended: for commands whose original
+    /// `execute` future is gone (after a restart, or submitted elsewhere).
+    pub async fn wait_for(&self, id: CommandId) -> Result<Outcome, CoordinatorError> {
+        let (tx, rx) = oneshot::channel();
+        let registered = self
+            .shared
+            .addr
+            .send(Wait { id, tx })
+            .await
+            .map_err(|_| CoordinatorError::Stopped)?;
+        if registered {
+            return rx.await.map_err(|_| CoordinatorError::Stopped);
+        }
+        // Not live here: the store knows.
+        match self.shared.store.get(id).await? {
+            None => Err(CoordinatorError::NotFound(id)),
+            Some(e) if e.status.is_ended() => Ok(Outcome {
+                id,
+                status: e.status,
+                output: e.return_value,
+                failure_reason: e.failure_reason,
+            }),
+            Some(_) => Err(CoordinatorError::NotRunning(id)),
+        }
+    }
+
+    /// The command's status: from memory for a live command, else from the store.
+    pub async fn status(&self, id: CommandId) -> Result<Option<CommandStatus>, CoordinatorError> {
+        match self.lookup(id).await? {
+            Some(live) => Ok(Some(live.status)),
+            None => Ok(self.shared.store.get_status(id).await?),
+        }
+    }
+
+    /// The command's row: from its actor when live, else from the store.
+    pub async fn get(&self, id: CommandId) -> Result<Option<CommandEntity>, CoordinatorError> {
+        if let Some(live) = self.lookup(id).await?
+            && let Ok(inspection) = live.inspect.send(Inspect).await
+        {
+            return Ok(Some(inspection.entity));
+        }
+        Ok(self.shared.store.get(id).await?)
+    }
+
+    /// The ids of the command's children: from its actor when live, else from
+    /// the store.
+    pub async fn children(&self, id: CommandId) -> Result<Vec<CommandId>, CoordinatorError> {
+        if let Some(live) = self.lookup(id).await?
+            && let Ok(inspection) = live.inspect.send(Inspect).await
+        {
+            return Ok(inspection.children);
+        }
+        Ok(self.shared.store.child_ids(id).await?)
+    }
+
+    /// How many commands this host runs right now.
+    pub async fn live_count(&self) -> Result<usize, CoordinatorError> {
+        self.shared
+            .addr
+            .send(LiveCount)
+            .await
+            .map_err(|_| CoordinatorError::Stopped)
+    }
+
+    /// Runs one cleanup pass now; returns how many rows it removed.
+    pub async fn cleanup_now(&self) -> Result<u64, CoordinatorError> {
+        self.shared
+            .cleanup
+            .send(RunCleanup)
+            .await
+            .map_err(|_| CoordinatorError::Stopped)?
+            .map_err(CoordinatorError::from)
+    }
+
+    /// Waits until every status change handed to the writer so far is
+    /// committed. Call before stopping the actix system for a clean shutdown;
+    /// whatever is still running is picked up from the database next start.
+    pub async fn shutdown(&self) {
+        self.shared.writer.flush().await;
+        info!("coordinator shut down: pending writes committed");
+    }
+
+    /// The settings this coordinator runs with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.shared.config
+    }
+
+    pub(crate) fn writer(&self) -> &StoreWriter {
+        &self.shared.writer
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn CommandStore> {
+        &self.shared.store
+    }
+
+    pub(crate) fn status_changed(&self, msg: StatusChanged) {
+        self.shared.addr.do_send(msg);
+    }
+
+    pub(crate) fn finished(&self, msg: Finished) {
+        self.shared.addr.do_send(FinishedMsg(msg));
+    }
+
+    pub(crate) fn start_child(&self, msg: ChildStart) {
+        self.shared.addr.do_send(msg);
+    }
+
+    async fn lookup(&self, id: CommandId) -> Result<Option<LiveView>, CoordinatorError> {
+        self.shared
+            .addr
+            .send(Lookup(id))
+            .await
+            .map_err(|_| CoordinatorError::Stopped)
+    }
+
+    fn prepare<C: Command>(
+        &self,
+        command: C,
+        link: Option<ParentLink>,
+    ) -> Result<(CommandEntity, bool), CoordinatorError> {
+        if !self.shared.registry.contains(C::COMMAND_TYPE) {
+            return Err(CoordinatorError::UnregisteredType {
+                command_type: C::COMMAND_TYPE,
+                type_name: std::any::type_name::<C>().to_owned(),
+            });
+        }
+        let parameters =
+            JsonPayload::encode(&command).map_err(|error| CoordinatorError::Serialization {
+                what: "parameters",
+                error,
+            })?;
+        let mut entity = CommandEntity::new(CommandId::new(), C::COMMAND_TYPE, parameters);
+        let mut parked = false;
+        if let Some(link) = link {
+            entity.parent_id = Some(link.parent);
+            entity.root_id = Some(link.root);
+            parked = link.parked;
+        }
+        Ok((entity, parked))
+    }
+
+    pub(crate) async fn submit_with_parent<C: Command>(
+        &self,
+        command: C,
+        link: Option<ParentLink>,
+    ) -> Result<CommandId, CoordinatorError> {
+        let (entity, parked) = self.prepare(command, link)?;
+        let id = entity.id;
+        self.persist_and_spawn(entity, parked, None).await?;
+        Ok(id)
+    }
+
+    async fn persist_and_spawn(
+        &self,
+        entity: CommandEntity,
+        parked: bool,
+        waiter: Option<oneshot::Sender<Outcome>>,
+    ) -> Result<(), CoordinatorError> {
+        self.shared
+            .writer
+            .write(Transition::Insert(Box::new(entity.clone())))
+            .await?;
+        debug!(command_id = %entity.id, r#type = entity.command_type, parent = ?entity.parent_id, "command persisted NOT_STARTED");
+        self.shared
+            .addr
+            .send(Spawn {
+                entity,
+                parked,
+                waiter,
+            })
+            .await
+            .map_err(|_| CoordinatorError::Stopped)
+    }
+}
+
+/// Configures and starts a [`Coordinator`].
+pub struct CoordinatorBuilder {
+    store: Arc<dyn CommandStore>,
+    registry: Registry,
+    registration_errors: Vec<String>,
+    config: RuntimeConfig,
+}
+
+impl CoordinatorBuilder {
+    /// Registers a command type (by its `COMMAND_TYPE`).
+    pub fn register<C: Command>(mut self) -> Self {
+        if let Err(e) = self.registry.register::<C>() {
+            self.registration_errors.push(e);
+        }
+        self
+    }
+
+    /// Replaces every setting at once.
+    pub fn config(mut self, config: RuntimeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// First poll interval; grows to [`Self::max_poll_interval`].
+    pub fn poll_interval(mut self, interval: std::time::Duration) -> Self {
+        self.config.poll_interval = interval;
+        self
+    }
+
+    pub fn max_poll_interval(mut self, interval: std::time::Duration) -> Self {
+        self.config.max_poll_interval = interval;
+        self
+    }
+
+    /// Attempts of an end method before it is given up.
+    pub fn end_attempts(mut self, attempts: u32) -> Self {
+        self.config.end_attempts = attempts;
+        self
+    }
+
+    pub fn end_retry_delay(mut self, delay: std::time::Duration) -> Self {
+        self.config.end_retry_delay = delay;
+        self
+    }
+
+    /// Default life time of a command (a type may override it).
+    pub fn life_time(mut self, life: std::time::Duration) -> Self {
+        self.config.life_time = life;
+        self
+    }
+
+    pub fn max_restarts(mut self, restarts: u32) -> Self {
+        self.config.max_restarts = restarts;
+        self
+    }
+
+    /// What happens to a hierarchy when its root ends.
+    pub fn on_root_end(mut self, on_root_end: OnRootEnd) -> Self {
+        self.config.on_root_end = on_root_end;
+        self
+    }
+
+    /// How long ended hierarchies are kept before cleanup removes them.
+    pub fn retention(mut self, retention: std::time::Duration) -> Self {
+        self.config.cleanup.retention = retention;
+        self
+    }
+
+    pub fn cleanup_interval(mut self, interval: std::time::Duration) -> Self {
+        self.config.cleanup.interval = interval;
+        self
+    }
+
+    /// Validates the settings, prepares the store (migrations), rebuilds every
+    /// unfinished command from the database and returns the handle. Must run
+    /// inside an actix `System`.
+    pub async fn start(self) -> Result<Coordinator, StartError> {
+        if let Some(e) = self.registration_errors.first() {
+            return Err(StartError::Registration(e.clone()));
+        }
+        self.config.validate().map_err(StartError::InvalidConfig)?;
+        self.store.prepare().await?;
+        let writer = StoreWriter::start(self.store.clone(), self.config.writer.clone());
+
+        let ctx = Context::<CoordinatorActor>::new();
+        let addr = ctx.address();
+        let cleanup = CleanupActor::new(
+            self.store.clone(),
+            addr.clone(),
+            self.config.cleanup.clone(),
+        )
+        .start();
+        let shared = Arc::new(Shared {
+            addr: addr.clone(),
+            cleanup,
+            writer,
+            store: self.store.clone(),
+            registry: self.registry,
+            config: self.config,
+        });
+        let coordinator = Coordinator { shared };
+        ctx.run(CoordinatorActor {
+            handle: coordinator.clone(),
+            live: HashMap::new(),
+            parked: HashMap::new(),
+            waiters: HashMap::new(),
+        });
+
+        let loaded = self.store.commands_with_callback_enabled().await?;
+        let count = loaded.entities.len();
+        addr.send(Rehydrate {
+            entities: loaded.entities,
+            bad_rows: loaded.bad_rows,
+        })
+        .await
+        .map_err(|_| StartError::Stopped)?;
+        info!(unfinished = count, "coordinator started");
+        Ok(coordinator)
+    }
+}
+
+/// What the coordinator knows of a live command.
+struct LiveCommand {
+    addr: LiveAddr,
+    parent: Option<CommandId>,
+    status: CommandStatus,
+}
+
+/// A live command as answered to a lookup.
+#[derive(MessageResponse)]
+struct LiveView {
+    status: CommandStatus,
+    inspect: Recipient<Inspect>,
+}
+
+pub(crate) struct CoordinatorActor {
+    handle: Coordinator,
+    live: HashMap<CommandId, LiveCommand>,
+    /// Serial children persisted but not started yet, waiting for their parent.
+    parked: HashMap<CommandId, CommandEntity>,
+    waiters: HashMap<CommandId, Vec<oneshot::Sender<Outcome>>>,
+}
+
+impl Actor for CoordinatorActor {
+    type Context = Context<Self>;
+}
+
+impl CoordinatorActor {
+    fn spawn(&mut self, entity: CommandEntity, start: StartKind) {
+        let id = entity.id;
+        let parent = entity.parent_id;
+        let status = entity.status;
+        let Some(factory) = self
+            .handle
+            .shared
+            .registry
+            .get(entity.command_type)
+            .cloned()
+        else {
+            error!(command_id = %id, r#type = entity.command_type,
+                "command type is not registered: row left as it is, isolated (register the type and restart)");
+            return;
+        };
+        match factory.spawn(entity, start, self.handle.clone()) {
+            Ok(addr) => {
+                self.live.insert(
+                    id,
+                    LiveCommand {
+                        addr,
+                        parent,
+                        status,
+                    },
+                );
+            }
+            Err(reason) => {
+                error!(command_id = %id, %reason, "command cannot be rebuilt: row left as it is, isolated");
+            }
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Spawn {
+    entity: CommandEntity,
+    parked: bool,
+    waiter: Option<oneshot::Sender<Outcome>>,
+}
+
+impl Handler<Spawn> for CoordinatorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Spawn, _: &mut Self::Context) {
+        let id = msg.entity.id;
+        if let Some(waiter) = msg.waiter {
+            self.waiters.entry(id).or_default().push(waiter);
+        }
+        if msg.parked {
+            self.parked.insert(id, msg.entity);
+        } else {
+            self.spawn(msg.entity, StartKind::Fresh);
+        }
+    }
+}
+
+/// Every unfinished command read at start-up.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Rehydrate {
+    entities: Vec<CommandEntity>,
+    bad_rows: Vec<BadRow>,
+}
+
+impl Handler<Rehydrate> for CoordinatorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Rehydrate, _: &mut Self::Context) {
+        for bad in &msg.bad_rows {
+            error!(command_id = %bad.command_id, reason = %bad.reason,
+                "unreadable command row: left as it is, isolated; the other commands start normally");
+        }
+        // Serial parents' children that never started wait for their parent.
+        let serial_parents: std::collections::HashSet<CommandId> = msg
+            .entities
+            .iter()
+            .filter(|e| {
+                self.handle
+                    .shared
+                    .registry
+                    .get(e.command_type)
+                    .is_some_and(|f| f.serial())
+            })
+            .map(|e| e.id)
+            .collect();
+        // All actors are created in this one handler, before any of them runs
+        // (they start on this arbiter only after it returns): a child that ends
+        // during start-up always finds its parent.
+        for entity in msg.entities {
+            let is_parked = entity.status == CommandStatus::NotStarted
+                && entity
+                    .parent_id
+                    .is_some_and(|p| serial_parents.contains(&p));
+            if is_parked {
+                self.parked.insert(entity.id, entity);
+            } else {
+                self.spawn(entity, StartKind::Rehydrated);
+            }
+        }
+        info!(
+            live = self.live.len(),
+            parked = self.parked.len(),
+            "commands rebuilt from the database"
+        );
+    }
+}
+
+/// A live command's status changed (committed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct StatusChanged {
+    pub(crate) id: CommandId,
+    pub(crate) status: CommandStatus,
+}
+
+impl Handler<StatusChanged> for CoordinatorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StatusChanged, _: &mut Self::Context) {
+        if let Some(live) = self.live.get_mut(&msg.id) {
+            live.status = msg.status;
+        }
+    }
+}
+
+/// A serial parent starts (or skips) one of its parked children.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ChildStart {
+    pub(crate) id: CommandId,
+    pub(crate) skip: Option<String>,
+}
+
+impl Handler<ChildStart> for CoordinatorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChildStart, _: &mut Self::Context) {
+        match self.parked.remove(&msg.id) {
+            Some(entity) => {
+                let start = match msg.skip {
+                    Some(reason) => StartKind::Skip(reason),
+                    None => StartKind::Fresh,
+                };
+                self.spawn(entity, start);
+            }
+            None => {
+                debug!(command_id = %msg.id, "start of a child that is not parked (already running)")
+            }
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FinishedMsg(Finished);
+
+impl Handler<FinishedMsg> for CoordinatorActor {
+    type Result = ();
+
+    fn handle(&mut self, FinishedMsg(finished): FinishedMsg, ctx: &mut Self::Context) {
+        let id = finished.id;
+        // Dropping the addresses lets the actor stop.
+        let live = self.live.remove(&id);
+        let parent = live.and_then(|l| l.parent).or(finished.parent_id);
+        match parent {
+            Some(parent) => match self.live.get(&parent) {
+                Some(p) => {
+                    p.addr.child_completed.do_send(ChildCompleted {
+                        child: id,
+                        command_type: finished.command_type,
+                        status: finished.status,
+                        output: finished.output.clone(),
+                        failure_reason: finished.failure_reason.clone(),
+                    });
+                }
+                None => {
+                    warn!(command_id = %id, parent = %parent, "parent is not live here; it will see this child's end from the store")
+                }
+            },
+            None => {
+                if self.handle.shared.config.on_root_end == OnRootEnd::Remove {
+                    let store = self.handle.shared.store.clone();
+                    ctx.spawn(
+                        async move {
+                            match store.remove_hierarchy(id).await {
+                                Ok(n) => debug!(root = %id, rows = n, "hierarchy removed as its root ended"),
+                                Err(e) => warn!(root = %id, error = %e, "could not remove the ended hierarchy; cleanup will"),
+                            }
+                        }
+                        .into_actor(self),
+                    );
+                }
+            }
+        }
+        if let Some(waiters) = self.waiters.remove(&id) {
+            let outcome = Outcome::from_finished(&finished);
+            for waiter in waiters {
+                let _ = waiter.send(outcome.clone());
+            }
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Option<LiveView>")]
+struct Lookup(CommandId);
+
+impl Handler<Lookup> for CoordinatorActor {
+    type Result = Option<LiveView>;
+
+    fn handle(&mut self, Lookup(id): Lookup, _: &mut Self::Context) -> Option<LiveView> {
+        self.live.get(&id).map(|l| LiveView {
+            status: l.status,
+            inspect: l.addr.inspect.clone(),
+        })
+    }
+}
+
+/// Registers a waiter; `false` when the command is not live here.
+#[derive(Message)]
+#[rtype(result = "bool")]
+struct Wait {
+    id: CommandId,
+    tx: oneshot::Sender<Outcome>,
+}
+
+impl Handler<Wait> for CoordinatorActor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Wait, _: &mut Self::Context) -> bool {
+        if self.live.contains_key(&msg.id) || self.parked.contains_key(&msg.id) {
+            self.waiters.entry(msg.id).or_default().push(msg.tx);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "usize")]
+struct LiveCount;
+
+impl Handler<LiveCount> for CoordinatorActor {
+    type Result = usize;
+
+    fn handle(&mut self, _: LiveCount, _: &mut Self::Context) -> usize {
+        self.live.len() + self.parked.len()
+    }
+}
+
+/// Rows the cleanup actor removed: forget anything still held about them
+/// (oVirt kept deleted rows in its cache).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Forget(pub(crate) Vec<CommandId>);
+
+impl Handler<Forget> for CoordinatorActor {
+    type Result = ();
+
+    fn handle(&mut self, Forget(ids): Forget, _: &mut Self::Context) {
+        for id in ids {
+            self.live.remove(&id);
+            self.parked.remove(&id);
+            self.waiters.remove(&id);
+        }
+    }
+}

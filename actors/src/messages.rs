@@ -1,0 +1,53 @@
+//! Messages between the coordinator and the command actors.
+//!
+//! Data flows one way: host → coordinator → command actor → store; completion
+//! flows back child → coordinator → parent.
+
+use actix::prelude::*;
+
+use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
+
+/// Time to look at the command's work again (its poll timer fired).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Poll;
+
+/// Time to run the end method (the status is SUCCEEDED or FAILED, committed).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct EndAction;
+
+/// A child ended (its end method ran and ENDED_* is committed), or, during a
+/// restart, a child's state as read from the store.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct ChildCompleted {
+    pub child: CommandId,
+    pub command_type: i32,
+    pub status: CommandStatus,
+    pub output: Option<JsonPayload>,
+    pub failure_reason: Option<String>,
+}
+
+/// Asks a live command for its current persisted state.
+#[derive(Message, Debug)]
+#[rtype(result = "Inspection")]
+pub struct Inspect;
+
+/// A live command's answer to [`Inspect`].
+#[derive(Debug, Clone, MessageResponse)]
+pub struct Inspection {
+    pub entity: CommandEntity,
+    pub children: Vec<CommandId>,
+}
+
+/// How a command ended, as delivered to `execute`/`wait_for` callers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub id: CommandId,
+    pub parent_id: Option<CommandId>,
+    pub command_type: i32,
+    pub status: CommandStatus,
+    pub output: Option<JsonPayload>,
+    pub failure_reason: Option<String>,
+}

@@ -1,0 +1,327 @@
+//! Command types for the runtime tests. They record what the runtime calls
+//! in a global journal, by a per-test tag, so tests can assert on it.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use command_coordinator::{
+    ChildExecution, Command, CommandContext, CommandError, InterruptedExecute, PollOutcome,
+};
+use serde::{Deserialize, Serialize};
+
+static JOURNAL: Mutex<Option<HashMap<String, Vec<String>>>> = Mutex::new(None);
+
+/// Records `event` under `tag`.
+pub fn record(tag: &str, event: impl Into<String>) {
+    let mut journal = JOURNAL.lock().unwrap_or_else(|p| p.into_inner());
+    journal
+        .get_or_insert_with(HashMap::new)
+        .entry(tag.to_owned())
+        .or_default()
+        .push(event.into());
+}
+
+/// Every event recorded under `tag`, in order.
+pub fn events(tag: &str) -> Vec<String> {
+    let journal = JOURNAL.lock().unwrap_or_else(|p| p.into_inner());
+    journal
+        .as_ref()
+        .and_then(|j| j.get(tag).cloned())
+        .unwrap_or_default()
+}
+
+/// How many times `event` was recorded under `tag`.
+pub fn count(tag: &str, event: &str) -> usize {
+    events(tag).iter().filter(|e| *e == event).count()
+}
+
+/// A fresh tag for one test.
+pub fn tag() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// What a [`Job`] does when the runtime calls it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Behaviour {
+    Succeed,
+    PollReportsFailure,
+    PollErrors,
+    PollPanicsOnce,
+    PollPanicsAlways,
+    ExecuteErrors,
+    ExecutePanics,
+    EndFailsTimes(u32),
+    EndAlwaysFails,
+    NeverDone,
+}
+
+/// A leaf command: done after `polls_needed` polls, with `output`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    pub tag: String,
+    pub name: String,
+    pub behaviour: Behaviour,
+    pub polls_needed: u32,
+    pub output: u64,
+    /// Set by execute: proves the state after execute is persisted.
+    pub started_job: Option<String>,
+}
+
+impl Job {
+    pub fn new(tag: &str, name: &str, behaviour: Behaviour) -> Self {
+        Self {
+            tag: tag.to_owned(),
+            name: name.to_owned(),
+            behaviour,
+            polls_needed: 1,
+            output: 1,
+            started_job: None,
+        }
+    }
+
+    pub fn output(mut self, output: u64) -> Self {
+        self.output = output;
+        self
+    }
+
+    pub fn polls(mut self, polls: u32) -> Self {
+        self.polls_needed = polls;
+        self
+    }
+
+    fn ev(&self, what: &str) {
+        record(&self.tag, format!("{what}:{}", self.name));
+    }
+}
+
+impl Command for Job {
+    const COMMAND_TYPE: i32 = 100;
+    type Output = u64;
+
+    async fn execute(&mut self, _ctx: &CommandContext) -> Result<(), CommandError> {
+        self.ev("execute");
+        match self.behaviour {
+            Behaviour::ExecuteErrors => Err(CommandError::new("cannot reach the host")),
+            Behaviour::ExecutePanics => panic!("execute blew up"),
+            _ => {
+                self.started_job = Some(format!("job-of-{}", self.name));
+                Ok(())
+            }
+        }
+    }
+
+    async fn poll(&mut self, _ctx: &CommandContext) -> Result<PollOutcome<u64>, CommandError> {
+        self.ev("poll");
+        assert_eq!(
+            self.started_job.as_deref(),
+            Some(format!("job-of-{}", self.name).as_str()),
+            "state set by execute is kept"
+        );
+        let polls = count(&self.tag, &format!("poll:{}", self.name)) as u32;
+        match self.behaviour {
+            Behaviour::PollReportsFailure => Ok(PollOutcome::Failed("merge aborted".into())),
+            Behaviour::PollErrors => Err(CommandError::new("status query failed")),
+            Behaviour::PollPanicsOnce
+                if count(&self.tag, &format!("panicked:{}", self.name)) == 0 =>
+            {
+                self.ev("panicked");
+                panic!("poll blew up once")
+            }
+            Behaviour::PollPanicsAlways => {
+                self.ev("panicked");
+                panic!("poll blows up every time")
+            }
+            Behaviour::NeverDone => Ok(PollOutcome::Running),
+            _ if polls < self.polls_needed => Ok(PollOutcome::Running),
+            _ => Ok(PollOutcome::Succeeded(self.output)),
+        }
+    }
+
+    async fn end_successfully(
+        &mut self,
+        output: &u64,
+        ctx: &CommandContext,
+    ) -> Result<(), CommandError> {
+        self.ev(&format!("end_successfully({output})"));
+        self.end_attempt(ctx)
+    }
+
+    async fn end_with_failure(
+        &mut self,
+        reason: &str,
+        ctx: &CommandContext,
+    ) -> Result<(), CommandError> {
+        self.ev("end_with_failure");
+        record(&self.tag, format!("reason:{}:{reason}", self.name));
+        self.end_attempt(ctx)
+    }
+
+    async fn finalize(&mut self, error: &CommandError, _ctx: &CommandContext) {
+        self.ev(&format!("finalize({error})"));
+    }
+}
+
+impl Job {
+    fn end_attempt(&self, ctx: &CommandContext) -> Result<(), CommandError> {
+        self.ev(&format!("end_attempt({})", ctx.end_attempt()));
+        match self.behaviour {
+            Behaviour::EndFailsTimes(n) if ctx.end_attempt() <= n => {
+                Err(CommandError::new("end failed"))
+            }
+            Behaviour::EndAlwaysFails => Err(CommandError::new("end always fails")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A parent: submits its children in `execute`, succeeds with the sum of
+/// their outputs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Parent {
+    pub tag: String,
+    pub name: String,
+    pub children: Vec<Job>,
+    pub sub_parents: Vec<Parent>,
+}
+
+impl Parent {
+    pub fn new(tag: &str, name: &str, children: Vec<Job>) -> Self {
+        Self {
+            tag: tag.to_owned(),
+            name: name.to_owned(),
+            children,
+            sub_parents: Vec::new(),
+        }
+    }
+}
+
+impl Command for Parent {
+    const COMMAND_TYPE: i32 = 101;
+    type Output = u64;
+
+    async fn execute(&mut self, ctx: &CommandContext) -> Result<(), CommandError> {
+        record(&self.tag, format!("execute:{}", self.name));
+        for child in &self.children {
+            ctx.submit_child(child.clone())
+                .await
+                .map_err(|e| CommandError::new(e.to_string()))?;
+        }
+        for sub in &self.sub_parents {
+            ctx.submit_child(sub.clone())
+                .await
+                .map_err(|e| CommandError::new(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    async fn poll(&mut self, ctx: &CommandContext) -> Result<PollOutcome<u64>, CommandError> {
+        let jobs: u64 = ctx.child_outputs::<Job>()?.iter().sum();
+        let subs: u64 = ctx.child_outputs::<Parent>()?.iter().sum();
+        Ok(PollOutcome::Succeeded(jobs + subs))
+    }
+
+    async fn end_successfully(
+        &mut self,
+        output: &u64,
+        _ctx: &CommandContext,
+    ) -> Result<(), CommandError> {
+        record(
+            &self.tag,
+            format!("end_successfully({output}):{}", self.name),
+        );
+        Ok(())
+    }
+
+    async fn end_with_failure(
+        &mut self,
+        reason: &str,
+        _ctx: &CommandContext,
+    ) -> Result<(), CommandError> {
+        record(&self.tag, format!("end_with_failure:{}", self.name));
+        record(&self.tag, format!("reason:{}:{reason}", self.name));
+        Ok(())
+    }
+}
+
+/// A parent whose children run one after another.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SerialParent {
+    pub tag: String,
+    pub children: Vec<Job>,
+}
+
+impl Command for SerialParent {
+    const COMMAND_TYPE: i32 = 102;
+    const CHILD_EXECUTION: ChildExecution = ChildExecution::Serial;
+    type Output = u64;
+
+    async fn execute(&mut self, ctx: &CommandContext) -> Result<(), CommandError> {
+        for child in &self.children {
+            ctx.submit_child(child.clone())
+                .await
+                .map_err(|e| CommandError::new(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    async fn poll(&mut self, ctx: &CommandContext) -> Result<PollOutcome<u64>, CommandError> {
+        Ok(PollOutcome::Succeeded(
+            ctx.child_outputs::<Job>()?.iter().sum(),
+        ))
+    }
+}
+
+/// A command whose `execute` is idempotent: re-run after an interruption.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Idempotent {
+    pub tag: String,
+}
+
+impl Command for Idempotent {
+    const COMMAND_TYPE: i32 = 103;
+    const ON_INTERRUPTED_EXECUTE: InterruptedExecute = InterruptedExecute::Rerun;
+    type Output = String;
+
+    async fn execute(&mut self, _ctx: &CommandContext) -> Result<(), CommandError> {
+        record(&self.tag, "execute:idempotent");
+        Ok(())
+    }
+
+    async fn poll(&mut self, _ctx: &CommandContext) -> Result<PollOutcome<String>, CommandError> {
+        Ok(PollOutcome::Succeeded("done again".into()))
+    }
+}
+
+/// A command with a short life time that never finishes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShortLived {
+    pub tag: String,
+}
+
+impl Command for ShortLived {
+    const COMMAND_TYPE: i32 = 104;
+    type Output = ();
+
+    async fn execute(&mut self, _ctx: &CommandContext) -> Result<(), CommandError> {
+        Ok(())
+    }
+
+    async fn poll(&mut self, _ctx: &CommandContext) -> Result<PollOutcome<()>, CommandError> {
+        record(&self.tag, "poll");
+        Ok(PollOutcome::Running)
+    }
+
+    async fn end_with_failure(
+        &mut self,
+        reason: &str,
+        _ctx: &CommandContext,
+    ) -> Result<(), CommandError> {
+        record(&self.tag, format!("end_with_failure:{reason}"));
+        Ok(())
+    }
+
+    fn life_time(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_millis(300))
+    }
+}
