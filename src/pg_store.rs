@@ -31,6 +31,15 @@ const ENDED: &str = "('ENDED_SUCCESSFULLY', 'ENDED_WITH_FAILURE')";
 /// one cleanup never holds locks on an unbounded number of rows.
 pub const DEFAULT_REMOVE_BATCH: u32 = 1_000;
 
+/// First key of the advisory lock a running coordinator holds on its schema
+/// (the second is the schema's hash); see [`PgStore::acquire_host_lock`].
+pub(crate) const HOST_LOCK_CLASS: i32 = 0x4343_0002;
+
+/// How long a starting coordinator waits for the previous holder of its
+/// schema to go away (a killed predecessor's connection may take a moment to
+/// be noticed by the server) before refusing to start.
+pub const DEFAULT_HOST_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The SQL text of every operation, with the schema filled in.
 #[derive(Debug)]
 struct Statements {
@@ -202,6 +211,10 @@ pub struct PgStore {
     pool: Pool,
     schema: SchemaName,
     sql: std::sync::Arc<Statements>,
+    /// The connection holding the host lock, once taken: the lock lives as
+    /// long as this connection, i.e. as long as this process.
+    host_lock: std::sync::Arc<tokio::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>>,
+    host_lock_wait: std::time::Duration,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -218,7 +231,68 @@ impl PgStore {
     /// database: run [`crate::migrate`] first.
     pub fn new(pool: Pool, schema: SchemaName) -> Self {
         let sql = std::sync::Arc::new(Statements::new(&schema));
-        Self { pool, schema, sql }
+        Self {
+            pool,
+            schema,
+            sql,
+            host_lock: Default::default(),
+            host_lock_wait: DEFAULT_HOST_LOCK_WAIT,
+        }
+    }
+
+    /// Waits at most `wait` for another coordinator on this schema to go away
+    /// (default [`DEFAULT_HOST_LOCK_WAIT`]).
+    pub fn with_host_lock_wait(mut self, wait: std::time::Duration) -> Self {
+        self.host_lock_wait = wait;
+        self
+    }
+
+    /// Takes the advisory lock that says "a coordinator runs on this schema",
+    /// on a connection of its own that is kept for the life of the process.
+    ///
+    /// Until several hosts can share a database (with row ownership), two
+    /// coordinators rehydrating and running the same rows would run every
+    /// command twice; this makes the second one refuse to start instead.
+    pub async fn acquire_host_lock(&self) -> Result<(), StoreError> {
+        let op = StoreOp::Connect;
+        let mut held = self.host_lock.lock().await;
+        if held.is_some() {
+            return Ok(());
+        }
+        let client = deadpool_postgres::Object::take(self.client(op, None).await?);
+        let deadline = std::time::Instant::now() + self.host_lock_wait;
+        loop {
+            let locked: bool = client
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                    &[&HOST_LOCK_CLASS, &self.schema.as_str()],
+                )
+                .await
+                .map_err(|e| map_pg_error(op, None, e))?
+                .get(0);
+            if locked {
+                *held = Some(client);
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(StoreError::new(
+                    op,
+                    None,
+                    StoreErrorKind::Database(
+                        format!(
+                            "another coordinator is running on schema {:?} (it holds advisory lock \
+                             ({HOST_LOCK_CLASS}, hashtext('{}'))); waited {:?}. Stop it first: two \
+                             hosts on one schema would run every command twice",
+                            self.schema.as_str(),
+                            self.schema.as_str(),
+                            self.host_lock_wait
+                        )
+                        .into(),
+                    ),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     pub fn pool(&self) -> &Pool {
@@ -585,10 +659,11 @@ impl CommandStore for PgStore {
         Box::pin(async move { self.apply_batch(batch).await })
     }
 
+    /// Applies migrations, then takes the host lock of the schema.
     fn prepare(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             crate::migrate::migrate(&self.pool, &self.schema).await?;
-            Ok(())
+            self.acquire_host_lock().await
         })
     }
 

@@ -509,3 +509,24 @@ async fn a_thousand_parents_with_ten_children_each_end_exactly_once() {
     }
     assert_eq!(co.live_count().await.unwrap(), 0);
 }
+
+#[actix::test]
+async fn a_second_coordinator_on_the_same_schema_refuses_to_start() {
+    let db = fresh_db().await;
+    let _first = builder(&db).start().await.unwrap();
+    // Another "host": its own pool and store on the same schema.
+    let other_store = command_coordinator::PgStore::new(
+        db.config.create_pool().unwrap(),
+        db.config.schema().clone(),
+    )
+    .with_host_lock_wait(Duration::from_millis(300));
+    let err = command_coordinator::Coordinator::builder(other_store)
+        .register::<Job>()
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("another coordinator is running"),
+        "{err}"
+    );
+}
