@@ -185,8 +185,11 @@ async fn an_execute_error_or_panic_is_an_execution_failure_and_the_failure_end_r
         errored.failure_reason.as_deref(),
         Some("cannot reach the host")
     );
-    // The panic restarted the actor; the reloaded row said "interrupted in execute".
-    assert!(panicked.failure_reason.unwrap().contains("interrupted"));
+    // The panic restarted the actor from its row, which said "not executed".
+    assert_eq!(
+        panicked.failure_reason.as_deref(),
+        Some("execute panicked: execute blew up")
+    );
     assert_eq!(count(&t, "execute:panic"), 1, "execute is never run twice");
     assert_eq!(count(&t, "poll:err") + count(&t, "poll:panic"), 0);
     assert_eq!(count(&t, "end_with_failure:err"), 1);
@@ -387,6 +390,7 @@ async fn serial_children_run_one_after_another_in_order() {
         co.execute(SerialParent {
             tag: t.clone(),
             children,
+            fail_execute: false,
         }),
     )
     .await
@@ -417,6 +421,7 @@ async fn a_failing_serial_child_skips_the_rest_and_fails_the_parent() {
         co.execute(SerialParent {
             tag: t.clone(),
             children,
+            fail_execute: false,
         }),
     )
     .await
@@ -529,4 +534,64 @@ async fn a_second_coordinator_on_the_same_schema_refuses_to_start() {
         err.to_string().contains("another coordinator is running"),
         "{err}"
     );
+}
+
+#[actix::test]
+async fn a_parent_whose_execute_fails_ends_only_after_its_running_children() {
+    let db = fresh_db().await;
+    let co = builder(&db).start().await.unwrap();
+    let t = tag();
+    let mut parent = Parent::new(
+        &t,
+        "p",
+        vec![
+            Job::new(&t, "c1", Behaviour::Succeed).polls(4),
+            Job::new(&t, "c2", Behaviour::Succeed).polls(2),
+        ],
+    );
+    parent.fail_execute = true;
+    let outcome = within("parent", co.execute(parent)).await.unwrap();
+    assert_eq!(outcome.status, CommandStatus::EndedWithFailure);
+    assert_eq!(
+        outcome.failure_reason.as_deref(),
+        Some("execute failed after submitting children")
+    );
+    let ev = events(&t);
+    let parent_end = ev.iter().position(|e| e == "end_with_failure:p").unwrap();
+    for child in ["c1", "c2"] {
+        let child_end = ev
+            .iter()
+            .position(|e| e == &format!("end_attempt(1):{child}"))
+            .unwrap();
+        assert!(
+            child_end < parent_end,
+            "oVirt 78ab1ef4249: child {child} outlived its parent: {ev:?}"
+        );
+    }
+}
+
+#[actix::test]
+async fn a_serial_parent_whose_execute_fails_fails_its_children_without_running_them() {
+    let db = fresh_db().await;
+    let co = builder(&db).start().await.unwrap();
+    let t = tag();
+    let children = (0..3)
+        .map(|i| Job::new(&t, &format!("s{i}"), Behaviour::Succeed))
+        .collect();
+    let outcome = within(
+        "serial parent",
+        co.execute(SerialParent {
+            tag: t.clone(),
+            children,
+            fail_execute: true,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.status, CommandStatus::EndedWithFailure);
+    for i in 0..3 {
+        assert_eq!(count(&t, &format!("execute:s{i}")), 0);
+        assert_eq!(count(&t, &format!("end_with_failure:s{i}")), 1);
+    }
+    assert_eq!(co.live_count().await.unwrap(), 0, "nothing left parked");
 }

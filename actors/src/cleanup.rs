@@ -62,8 +62,11 @@ impl Handler<RunCleanup> for CleanupActor {
         let config = self.config.clone();
         AtomicResponse::new(Box::pin(
             async move {
-                let retention = chrono::Duration::from_std(config.retention).unwrap_or(chrono::Duration::MAX);
-                let cutoff = Utc::now() - retention;
+                // A retention too large to subtract means "keep everything".
+                let cutoff = chrono::Duration::from_std(config.retention)
+                    .ok()
+                    .and_then(|r| Utc::now().checked_sub_signed(r))
+                    .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
                 let mut total = 0u64;
                 loop {
                     let batch = match store.remove_before_batch(cutoff, config.batch).await {

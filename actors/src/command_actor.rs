@@ -96,6 +96,12 @@ pub(crate) struct CommandActor<C: Command> {
     restarts: u32,
     /// The restart after a panic must reload from the database first.
     reload: bool,
+    /// The message of the last panic, kept across the restart it caused so
+    /// that the failure reason says what happened.
+    last_panic: Option<String>,
+    /// The end action is due but waits for children that have not ended: a
+    /// parent never ends before its children (oVirt 78ab1ef4249).
+    end_waits_for_children: bool,
     finished: bool,
     span: Span,
 }
@@ -130,6 +136,8 @@ impl<C: Command> CommandActor<C> {
             end_attempts: 0,
             restarts: 0,
             reload: false,
+            last_panic: None,
+            end_waits_for_children: false,
             finished: false,
             span,
         }
@@ -181,9 +189,12 @@ impl<C: Command> CommandActor<C> {
                 } else {
                     // oVirt 1f9cf92ddd0 / c01ac673388: nobody knows how far an
                     // interrupted execute got, so the command fails.
-                    let reason =
-                        "execute was interrupted (process restart or panic) before it completed"
-                            .to_owned();
+                    let reason = match self.last_panic.take() {
+                        Some(panic) => panic,
+                        None => {
+                            "execute was interrupted by a restart before it completed".to_owned()
+                        }
+                    };
                     self.commit(ctx, fail(self.id(), CommandStatus::ExecutionFailed, reason));
                 }
             }
@@ -350,13 +361,15 @@ impl<C: Command> CommandActor<C> {
             }
         };
         let cctx = self.context();
+        let submitted = cctx.submitted.clone();
         let fut = async move {
             let result = CatchUnwind::new(command.on_executed(&cctx)).await;
             (command, result)
         }
         .instrument(self.span.clone());
-        ctx.spawn(fut.into_actor(self).map(|(command, result), act, ctx| {
+        ctx.spawn(fut.into_actor(self).map(move |(command, result), act, ctx| {
             act.busy = false;
+            act.record_submitted(&submitted.borrow());
             if let Err(panic) = result {
                 // The hook is informational; a panic in it does not undo execute.
                 error!(command_id = %act.id(), panic = %panic, "on_executed panicked; ignored");
@@ -412,7 +425,7 @@ impl<C: Command> CommandActor<C> {
         // Children first: a parent decides only once every child has *ended*
         // (oVirt 7340c94ef5b: SUCCEEDED is not done).
         if C::CHILD_EXECUTION == ChildExecution::Serial {
-            self.start_serial_children();
+            self.start_serial_children(false);
         }
         if self.children.iter().any(|c| !c.status.is_ended()) {
             return self.schedule_poll(ctx);
@@ -439,13 +452,15 @@ impl<C: Command> CommandActor<C> {
         };
         self.busy = true;
         let cctx = self.context();
+        let submitted = cctx.submitted.clone();
         let fut = async move {
             let result = CatchUnwind::new(command.poll(&cctx)).await;
             (command, result)
         }
         .instrument(self.span.clone());
-        ctx.spawn(fut.into_actor(self).map(|(command, result), act, ctx| {
+        ctx.spawn(fut.into_actor(self).map(move |(command, result), act, ctx| {
             act.busy = false;
+            act.record_submitted(&submitted.borrow());
             match result {
                 Ok(Ok(PollOutcome::Running)) => {
                     act.command = Some(command);
@@ -494,12 +509,14 @@ impl<C: Command> CommandActor<C> {
     }
 
     /// Serial mode: start the next child when none is running; once one
-    /// failed, fail the ones not started without running them.
-    fn start_serial_children(&mut self) {
-        let failed = self
-            .children
-            .iter()
-            .any(|c| c.status == CommandStatus::EndedWithFailure);
+    /// failed (or the parent itself did), fail the ones not started without
+    /// running them.
+    fn start_serial_children(&mut self, parent_failed: bool) {
+        let failed = parent_failed
+            || self
+                .children
+                .iter()
+                .any(|c| c.status == CommandStatus::EndedWithFailure);
         let running = self
             .children
             .iter()
@@ -545,6 +562,18 @@ impl<C: Command> CommandActor<C> {
         if self.busy || self.finished || !self.row.status.awaits_end_action() {
             return;
         }
+        // A parent ends only after its children ended (oVirt 78ab1ef4249:
+        // EXECUTION_FAILED parents with live children). A failed serial parent
+        // first fails the children it never started, so the wait is short.
+        if C::CHILD_EXECUTION == ChildExecution::Serial {
+            self.start_serial_children(self.row.status != CommandStatus::Succeeded);
+        }
+        if self.children.iter().any(|c| !c.status.is_ended()) {
+            debug!(command_id = %self.id(), "end action waits for the children to end");
+            self.end_waits_for_children = true;
+            return;
+        }
+        self.end_waits_for_children = false;
         let mut command = match self.take_command() {
             Ok(c) => c,
             Err(reason) => {
@@ -575,6 +604,7 @@ impl<C: Command> CommandActor<C> {
             .clone()
             .unwrap_or_else(|| self.row.status.to_string());
         let cctx = self.context();
+        let submitted = cctx.submitted.clone();
         let fut = async move {
             let result = match &output {
                 Some(Ok(output)) => CatchUnwind::new(command.end_successfully(output, &cctx)).await,
@@ -589,6 +619,7 @@ impl<C: Command> CommandActor<C> {
         .instrument(self.span.clone());
         ctx.spawn(fut.into_actor(self).map(move |(command, cctx, result), act, ctx| {
             act.busy = false;
+            act.record_submitted(&submitted.borrow());
             act.end_attempts += 1;
             match result {
                 Ok(()) => {
@@ -634,6 +665,7 @@ impl<C: Command> CommandActor<C> {
     /// restarts the command fails instead.
     fn restart_after_panic(&mut self, ctx: &mut Context<Self>, reason: String) {
         self.restarts += 1;
+        self.last_panic = Some(reason.clone());
         if self.restarts > self.coordinator.config().max_restarts {
             let status = if self.row.executed {
                 CommandStatus::Failed
@@ -820,8 +852,12 @@ impl<C: Command> Handler<ChildCompleted> for CommandActor<C> {
 
     fn handle(&mut self, msg: ChildCompleted, ctx: &mut Self::Context) {
         self.merge_child(msg);
-        // Push, not poll: re-evaluate at once.
-        self.evaluate(ctx);
+        if self.end_waits_for_children {
+            self.run_end_action(ctx);
+        } else {
+            // Push, not poll: re-evaluate at once.
+            self.evaluate(ctx);
+        }
     }
 }
 

@@ -8,10 +8,12 @@
 //! arbiter (an actix-web worker, say).
 //!
 //! Start-up order (one order, so no recursion or deadlock between
-//! coordinator and store, oVirt 024f3216eaa / 8f487931740): store prepared
-//! (migrations) → writer started → coordinator actor started → unfinished rows
-//! loaded → every actor of every hierarchy created in one step → cleanup
-//! actor started → handle returned.
+//! coordinator and store, oVirt 024f3216eaa / 8f487931740): configuration
+//! validated → store prepared (migrations, host lock) → writer started →
+//! cleanup and coordinator actors started → unfinished rows loaded → every
+//! actor of every hierarchy created in one step → handle returned. (The
+//! cleanup actor's first pass comes one interval later, and it never touches a
+//! hierarchy with a command not ended, so starting it first is harmless.)
 
 use std::collections::HashMap;
 use std::fmt;
@@ -731,6 +733,23 @@ impl Handler<FinishedMsg> for CoordinatorActor {
                         .into_actor(self),
                     );
                 }
+            }
+        }
+        // A parent never ends before its children, but should a child still be
+        // parked (its parent is gone), fail it rather than leave it waiting forever.
+        let orphans: Vec<CommandId> = self
+            .parked
+            .values()
+            .filter(|e| e.parent_id == Some(id))
+            .map(|e| e.id)
+            .collect();
+        for orphan in orphans {
+            if let Some(entity) = self.parked.remove(&orphan) {
+                warn!(command_id = %orphan, parent = %id, "parked child outlived its parent; failing it");
+                self.spawn(
+                    entity,
+                    StartKind::Skip("its parent ended before it started".into()),
+                );
             }
         }
         if let Some(waiters) = self.waiters.remove(&id) {

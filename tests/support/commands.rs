@@ -183,6 +183,9 @@ pub struct Parent {
     pub name: String,
     pub children: Vec<Job>,
     pub sub_parents: Vec<Parent>,
+    /// Fail `execute` after submitting the children.
+    #[serde(default)]
+    pub fail_execute: bool,
 }
 
 impl Parent {
@@ -192,6 +195,7 @@ impl Parent {
             name: name.to_owned(),
             children,
             sub_parents: Vec::new(),
+            fail_execute: false,
         }
     }
 }
@@ -203,14 +207,15 @@ impl Command for Parent {
     async fn execute(&mut self, ctx: &CommandContext) -> Result<(), CommandError> {
         record(&self.tag, format!("execute:{}", self.name));
         for child in &self.children {
-            ctx.submit_child(child.clone())
-                .await
-                .map_err(|e| CommandError::new(e.to_string()))?;
+            ctx.submit_child(child.clone()).await?;
         }
         for sub in &self.sub_parents {
-            ctx.submit_child(sub.clone())
-                .await
-                .map_err(|e| CommandError::new(e.to_string()))?;
+            ctx.submit_child(sub.clone()).await?;
+        }
+        if self.fail_execute {
+            return Err(CommandError::new(
+                "execute failed after submitting children",
+            ));
         }
         Ok(())
     }
@@ -249,6 +254,9 @@ impl Command for Parent {
 pub struct SerialParent {
     pub tag: String,
     pub children: Vec<Job>,
+    /// Fail `execute` after submitting the children.
+    #[serde(default)]
+    pub fail_execute: bool,
 }
 
 impl Command for SerialParent {
@@ -258,9 +266,12 @@ impl Command for SerialParent {
 
     async fn execute(&mut self, ctx: &CommandContext) -> Result<(), CommandError> {
         for child in &self.children {
-            ctx.submit_child(child.clone())
-                .await
-                .map_err(|e| CommandError::new(e.to_string()))?;
+            ctx.submit_child(child.clone()).await?;
+        }
+        if self.fail_execute {
+            return Err(CommandError::new(
+                "execute failed after submitting children",
+            ));
         }
         Ok(())
     }
