@@ -29,6 +29,7 @@ pub mod config;
 pub mod embedded;
 pub mod migrate;
 pub mod pg_store;
+pub mod pg_transaction;
 
 pub use command_coordinator_actors as actors;
 pub use command_coordinator_actors::{
@@ -40,6 +41,7 @@ pub use command_coordinator_actors::{
 pub use config::{ConfigError, DatabaseConfig, SchemaName};
 pub use migrate::{MigrationReport, migrate};
 pub use pg_store::PgStore;
+pub use pg_transaction::PgTransaction;
 
 /// The pool and driver crates this library is built on, re-exported so that a
 /// host names the same versions (`command_coordinator::deadpool_postgres::Pool`).

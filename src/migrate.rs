@@ -78,7 +78,9 @@ pub async fn migrate(pool: &Pool, schema: &SchemaName) -> Result<MigrationReport
             .set_migration_table_name(MIGRATION_TABLE)
             .run_async(&mut **client)
             .await
-            .map_err(|e| err(StoreErrorKind::Database(Box::new(e))));
+            // Refinery's message hides the database's ("db error"): keep the
+            // whole chain, so "permission denied for schema" reaches the operator.
+            .map_err(|e| err(StoreErrorKind::Database(error_chain(&e).into())));
         // The connection goes back to the pool: leave no session state behind.
         let reset = client.batch_execute("RESET search_path").await.map_err(pg);
         let report = report?;
@@ -108,4 +110,19 @@ pub async fn migrate(pool: &Pool, schema: &SchemaName) -> Result<MigrationReport
         info!(schema = %schema, ?applied, "migrations applied");
     }
     Ok(MigrationReport { applied })
+}
+
+/// An error and all its sources, joined with ": ".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
 }

@@ -13,9 +13,11 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::config::SchemaName;
+use crate::pg_transaction::PgTransaction;
 use command_coordinator_actors::{
-    BadRow, CommandEntity, CommandId, CommandStatus, CommandStore, CommandUpdate, JsonPayload,
-    LoadedRows, RemovedBatch, StoreError, StoreErrorKind, StoreFuture, StoreOp, Transition,
+    BadRow, CommandEntity, CommandId, CommandStatus, CommandStore, CommandUpdate, EndTransaction,
+    JsonPayload, LoadedRows, LocalStoreFuture, RemovedBatch, StoreError, StoreErrorKind,
+    StoreFuture, StoreOp, Transition,
 };
 
 /// The columns every entity query selects, in the order [`entity_from_row`] reads.
@@ -42,7 +44,7 @@ pub const DEFAULT_HOST_LOCK_WAIT: std::time::Duration = std::time::Duration::fro
 
 /// The SQL text of every operation, with the schema filled in.
 #[derive(Debug)]
-struct Statements {
+pub(crate) struct Statements {
     save_or_update: String,
     get: String,
     get_status: String,
@@ -59,7 +61,7 @@ struct Statements {
     remove_before: String,
     children: String,
     apply_inserts: String,
-    apply_updates: String,
+    pub(crate) apply_updates: String,
 }
 
 impl Statements {
@@ -215,6 +217,9 @@ pub struct PgStore {
     /// long as this connection, i.e. as long as this process.
     host_lock: std::sync::Arc<tokio::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>>,
     host_lock_wait: std::time::Duration,
+    /// Whether a coordinator's start applies migrations (see
+    /// [`PgStore::without_migrations`]).
+    run_migrations: bool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -237,7 +242,17 @@ impl PgStore {
             sql,
             host_lock: Default::default(),
             host_lock_wait: DEFAULT_HOST_LOCK_WAIT,
+            run_migrations: true,
         }
+    }
+
+    /// Does not apply migrations when a coordinator starts: for deployments
+    /// where migrations run separately (`command_coordinator::migrate`, as a
+    /// role that owns the schema) and the runtime's role has only DML rights on
+    /// `command_entities`.
+    pub fn without_migrations(mut self) -> Self {
+        self.run_migrations = false;
+        self
     }
 
     /// Waits at most `wait` for another coordinator on this schema to go away
@@ -659,10 +674,21 @@ impl CommandStore for PgStore {
         Box::pin(async move { self.apply_batch(batch).await })
     }
 
-    /// Applies migrations, then takes the host lock of the schema.
+    fn begin_end_transaction(&self) -> LocalStoreFuture<'_, Box<dyn EndTransaction>> {
+        Box::pin(async move {
+            let client = self.client(StoreOp::Apply, None).await?;
+            let tx = PgTransaction::begin(client, self.sql.clone()).await?;
+            Ok(Box::new(tx) as Box<dyn EndTransaction>)
+        })
+    }
+
+    /// Applies migrations (unless turned off), then takes the host lock of
+    /// the schema.
     fn prepare(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            crate::migrate::migrate(&self.pool, &self.schema).await?;
+            if self.run_migrations {
+                crate::migrate::migrate(&self.pool, &self.schema).await?;
+            }
             self.acquire_host_lock().await
         })
     }
@@ -763,7 +789,7 @@ impl<'a> InsertColumns<'a> {
 
 /// Column arrays of a multi-row update; `None` leaves a column unchanged.
 #[derive(Default)]
-struct UpdateColumns<'a> {
+pub(crate) struct UpdateColumns<'a> {
     id: Vec<Uuid>,
     status: Vec<Option<&'static str>>,
     executed: Vec<Option<bool>>,
@@ -776,7 +802,7 @@ struct UpdateColumns<'a> {
 }
 
 impl<'a> UpdateColumns<'a> {
-    fn push(&mut self, u: &'a CommandUpdate) {
+    pub(crate) fn push(&mut self, u: &'a CommandUpdate) {
         let (params, params_class) = split_payload(u.parameters.as_ref());
         let (rv, rv_class) = split_payload(u.return_value.as_ref());
         self.id.push(*u.id.as_uuid());
@@ -790,7 +816,7 @@ impl<'a> UpdateColumns<'a> {
         self.reason.push(u.failure_reason.as_deref());
     }
 
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 9] {
+    pub(crate) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 9] {
         [
             &self.id,
             &self.status,

@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 
 use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::model::{CommandId, CommandStatus, JsonPayload};
+use crate::store::EndTransaction;
 
 /// A persisted, long-running command.
 ///
@@ -235,6 +236,13 @@ pub struct CommandContext {
     pub(crate) coordinator: Coordinator,
     /// Children submitted during this call, handed back to the actor after it.
     pub(crate) submitted: Rc<RefCell<Vec<(CommandId, i32)>>>,
+    /// Set for calls of end methods: the transaction may be opened.
+    pub(crate) in_end_method: bool,
+    /// True when this command was rebuilt from its row (start-up or a restart
+    /// after a panic) since its status was last committed.
+    pub(crate) resumed: bool,
+    /// The end method's transaction, once it asked for one.
+    pub(crate) end_tx: RefCell<Option<Rc<dyn EndTransaction>>>,
 }
 
 impl CommandContext {
@@ -265,10 +273,60 @@ impl CommandContext {
             .map_err(|e| CommandError::new(format!("a child's output does not decode: {e}")))
     }
 
-    /// Which attempt of the end method this is (1 for the first); lets an end
-    /// method with effects outside the database stay idempotent.
+    /// Which attempt of the end method this is in this process (1 for the
+    /// first).
     pub fn end_attempt(&self) -> u32 {
         self.end_attempt
+    }
+
+    /// True when the end method may have run before for this command: an
+    /// earlier attempt in this process failed, or the command was rebuilt from
+    /// its row (after a restart or a panic), so a previous process may have run
+    /// it without committing the end. End methods with effects *outside* the
+    /// database use this (and [`CommandContext::id`] as an idempotency key) to
+    /// stay idempotent; effects *inside* the database go through
+    /// [`CommandContext::transaction`] and happen exactly once anyway.
+    pub fn may_have_run_before(&self) -> bool {
+        self.end_attempt > 1 || self.resumed
+    }
+
+    /// The transaction this end method writes its own rows through, opened on
+    /// first use. The runtime commits the command's end (`ENDED_*` and
+    /// `callback_notified`) in the same transaction after the end method
+    /// returned `Ok`, and rolls it back when it returned `Err` or panicked: the
+    /// end method's database effects and the end are one atomic step, so they
+    /// happen exactly once however often the process dies.
+    ///
+    /// `T` is the store's transaction type: `command_coordinator::PgTransaction`
+    /// for PostgreSQL. Only available inside `end_successfully` and
+    /// `end_with_failure`.
+    pub async fn transaction<T: 'static>(&self) -> Result<Rc<T>, CommandError> {
+        if !self.in_end_method {
+            return Err(CommandError::new(
+                "a transaction is only available in end methods",
+            ));
+        }
+        let existing = self.end_tx.borrow().clone();
+        let tx = match existing {
+            Some(tx) => tx,
+            None => {
+                let tx: Rc<dyn EndTransaction> = self
+                    .coordinator
+                    .store()
+                    .begin_end_transaction()
+                    .await
+                    .map_err(|e| CommandError::new(e.to_string()))?
+                    .into();
+                *self.end_tx.borrow_mut() = Some(tx.clone());
+                tx
+            }
+        };
+        tx.as_any_rc().downcast::<T>().map_err(|_| {
+            CommandError::new(format!(
+                "this store's transactions are not {}",
+                std::any::type_name::<T>()
+            ))
+        })
     }
 
     /// Persists `child` (with this command as parent and this command's root

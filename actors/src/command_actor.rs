@@ -37,7 +37,7 @@ use crate::coordinator::{ChildStart, Coordinator, StatusChanged};
 use crate::messages::{ChildCompleted, EndAction, Finished, Inspect, Inspection, Poll};
 use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
 use crate::panic::CatchUnwind;
-use crate::store::{CommandUpdate, Transition};
+use crate::store::{CommandUpdate, EndTransaction, Transition};
 
 /// How an actor comes to life.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +96,9 @@ pub(crate) struct CommandActor<C: Command> {
     restarts: u32,
     /// The restart after a panic must reload from the database first.
     reload: bool,
+    /// Rebuilt from its row since its status was last committed: an end
+    /// method may have run in a previous process.
+    resumed: bool,
     /// The message of the last panic, kept across the restart it caused so
     /// that the failure reason says what happened.
     last_panic: Option<String>,
@@ -121,6 +124,7 @@ impl<C: Command> CommandActor<C> {
             root = %row.root(),
         );
         let poll_delay = coordinator.config().poll_interval;
+        let resumed = start == StartKind::Rehydrated;
         Self {
             command: Some(command),
             row,
@@ -136,6 +140,7 @@ impl<C: Command> CommandActor<C> {
             end_attempts: 0,
             restarts: 0,
             reload: false,
+            resumed,
             last_panic: None,
             end_waits_for_children: false,
             finished: false,
@@ -159,6 +164,9 @@ impl<C: Command> CommandActor<C> {
             end_attempt: self.end_attempts + 1,
             coordinator: self.coordinator.clone(),
             submitted: Rc::new(RefCell::new(Vec::new())),
+            in_end_method: false,
+            resumed: self.resumed,
+            end_tx: RefCell::new(None),
         }
     }
 
@@ -256,6 +264,7 @@ impl<C: Command> CommandActor<C> {
         {
             debug!(command_id = %self.id(), from = %self.row.status, to = %status, "status committed");
             self.row.status = status;
+            self.resumed = false;
             if status.is_ended() && self.row.ended_at.is_none() {
                 self.row.ended_at = Some(now);
             }
@@ -603,7 +612,8 @@ impl<C: Command> CommandActor<C> {
             .failure_reason
             .clone()
             .unwrap_or_else(|| self.row.status.to_string());
-        let cctx = self.context();
+        let mut cctx = self.context();
+        cctx.in_end_method = true;
         let submitted = cctx.submitted.clone();
         let fut = async move {
             let result = match &output {
@@ -621,43 +631,143 @@ impl<C: Command> CommandActor<C> {
             act.busy = false;
             act.record_submitted(&submitted.borrow());
             act.end_attempts += 1;
+            let tx = cctx.end_tx.borrow_mut().take();
             match result {
                 Ok(()) => {
                     let mut update = ended(act.id(), succeeded, None);
                     update.parameters = encode(&command);
                     act.command = Some(command);
-                    act.commit(ctx, update);
-                }
-                Err(e) if act.end_attempts < act.coordinator.config().end_attempts => {
-                    // oVirt 8fe166893fd / 67a84bfb19f: retry, but not forever.
-                    let config = act.coordinator.config();
-                    let delay = config
-                        .end_retry_delay
-                        .saturating_mul(1 << (act.end_attempts - 1).min(16))
-                        .min(config.max_poll_interval);
-                    warn!(command_id = %act.id(), attempt = act.end_attempts, error = %e, retry_in = ?delay, "end method failed; will retry");
-                    act.command = Some(command);
-                    ctx.notify_later(EndAction, delay);
+                    match tx {
+                        Some(tx) => act.commit_end_in_transaction(ctx, tx, update, cctx),
+                        None => act.commit(ctx, update),
+                    }
                 }
                 Err(e) => {
-                    error!(command_id = %act.id(), attempts = act.end_attempts, error = %e, "end method failed on every attempt; finalizing");
-                    act.busy = true;
-                    let mut command = command;
-                    let fut = async move {
-                        let _ = CatchUnwind::new(command.finalize(&e, &cctx)).await;
-                        (command, e)
-                    };
-                    ctx.spawn(fut.into_actor(act).map(|(command, e), act, ctx| {
-                        act.busy = false;
-                        let reason = format!("end method failed {} times: {e}", act.end_attempts);
-                        let mut update = ended(act.id(), false, Some(reason));
-                        update.parameters = encode(&command);
-                        act.command = Some(command);
-                        act.commit(ctx, update);
-                    }));
+                    if let Some(tx) = tx {
+                        // Its writes must not survive the failed attempt.
+                        ctx.spawn(
+                            async move {
+                                if let Err(e) = tx.rollback().await {
+                                    warn!(error = %e, "rollback of the end transaction failed; the connection is discarded");
+                                }
+                            }
+                            .into_actor(act),
+                        );
+                    }
+                    act.end_method_failed(ctx, command, cctx, e);
                 }
             }
         }));
+    }
+
+    /// An end method attempt failed: retry with backoff, or, after the last
+    /// attempt, run `finalize` and end with failure.
+    fn end_method_failed(
+        &mut self,
+        ctx: &mut Context<Self>,
+        command: C,
+        mut cctx: CommandContext,
+        error: CommandError,
+    ) {
+        let config = self.coordinator.config();
+        if self.end_attempts < config.end_attempts {
+            // oVirt 8fe166893fd / 67a84bfb19f: retry, but not forever.
+            let delay = config
+                .end_retry_delay
+                .saturating_mul(1 << (self.end_attempts - 1).min(16))
+                .min(config.max_poll_interval);
+            warn!(command_id = %self.id(), attempt = self.end_attempts, error = %error, retry_in = ?delay, "end method failed; will retry");
+            self.command = Some(command);
+            ctx.notify_later(EndAction, delay);
+            return;
+        }
+        error!(command_id = %self.id(), attempts = self.end_attempts, error = %error, "end method failed on every attempt; finalizing");
+        self.busy = true;
+        cctx.in_end_method = false;
+        let mut command = command;
+        let fut = async move {
+            let _ = CatchUnwind::new(command.finalize(&error, &cctx)).await;
+            (command, error)
+        };
+        ctx.spawn(fut.into_actor(self).map(|(command, e), act, ctx| {
+            act.busy = false;
+            let reason = format!("end method failed {} times: {e}", act.end_attempts);
+            let mut update = ended(act.id(), false, Some(reason));
+            update.parameters = encode(&command);
+            act.command = Some(command);
+            act.commit(ctx, update);
+        }));
+    }
+
+    /// Commits the end in the end method's own transaction, so its writes and
+    /// the end are one atomic step. A failed COMMIT may still have committed
+    /// (the answer was lost), so the row decides: ended means committed;
+    /// otherwise the attempt counts as failed and is retried.
+    fn commit_end_in_transaction(
+        &mut self,
+        ctx: &mut Context<Self>,
+        tx: Rc<dyn EndTransaction>,
+        update: CommandUpdate,
+        cctx: CommandContext,
+    ) {
+        self.busy = true;
+        let pending = update.clone();
+        let fut = async move { tx.commit(pending).await };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            act.busy = false;
+            match result {
+                Ok(()) => {
+                    act.applied(update);
+                    act.advance(ctx);
+                }
+                Err(e) => {
+                    warn!(command_id = %act.id(), error = %e, "commit of the end transaction failed; checking the row");
+                    act.verify_end_commit(ctx, update, cctx, e.to_string());
+                }
+            }
+        }));
+    }
+
+    fn verify_end_commit(
+        &mut self,
+        ctx: &mut Context<Self>,
+        update: CommandUpdate,
+        cctx: CommandContext,
+        error: String,
+    ) {
+        self.busy = true;
+        let store = self.coordinator.store().clone();
+        let id = self.id();
+        ctx.spawn(async move { store.get(id).await }.into_actor(self).map(
+            move |row, act, ctx| {
+                act.busy = false;
+                match row {
+                    Ok(Some(row)) if row.status.is_ended() && row.callback_notified => {
+                        act.applied(update);
+                        act.advance(ctx);
+                    }
+                    Ok(_) => {
+                        let command = match act.take_command() {
+                            Ok(c) => c,
+                            Err(reason) => {
+                                let update = ended(act.id(), false, Some(reason));
+                                return act.commit(ctx, update);
+                            }
+                        };
+                        let e = CommandError::new(format!("the end could not be committed: {error}"));
+                        act.end_method_failed(ctx, command, cctx, e);
+                    }
+                    Err(e) => {
+                        // Still unreachable: look again later.
+                        let delay = act.coordinator.config().max_poll_interval;
+                        warn!(command_id = %act.id(), error = %e, "cannot read the row yet; retrying");
+                        ctx.run_later(delay, move |act, ctx| {
+                            act.verify_end_commit(ctx, update, cctx, error)
+                        });
+                    }
+                }
+            },
+        ));
     }
 
     /// A panic in command code: stop, so that the `Supervisor` restarts this
@@ -818,6 +928,7 @@ impl<C: Command> Actor for CommandActor<C> {
     fn started(&mut self, ctx: &mut Self::Context) {
         if self.reload {
             self.reload = false;
+            self.resumed = true;
             self.load_and_advance(ctx, true);
         } else if self.start == StartKind::Rehydrated {
             self.load_and_advance(ctx, false);

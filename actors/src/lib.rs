@@ -31,6 +31,6 @@ pub use config::{CleanupConfig, OnRootEnd, RuntimeConfig};
 pub use coordinator::{Coordinator, CoordinatorBuilder, CoordinatorError, Outcome, StartError};
 pub use model::{CommandEntity, CommandId, CommandStatus, JsonPayload, UnknownStatus};
 pub use store::{
-    BadRow, BoxError, CommandStore, CommandUpdate, LoadedRows, RemovedBatch, StoreError,
-    StoreErrorKind, StoreFuture, StoreOp, Transition,
+    BadRow, BoxError, CommandStore, CommandUpdate, EndTransaction, LoadedRows, LocalStoreFuture,
+    RemovedBatch, StoreError, StoreErrorKind, StoreFuture, StoreOp, Transition,
 };

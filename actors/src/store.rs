@@ -20,6 +20,9 @@ use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
 /// negligible next to a database round trip.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
+/// A store future that stays on the actor's thread (its output may hold `Rc`s).
+pub type LocalStoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + 'a>>;
+
 /// A boxed error from the layer below (driver, pool), kept as the error's source.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
@@ -230,6 +233,21 @@ impl CommandUpdate {
     }
 }
 
+/// A database transaction an end method writes its own rows through
+/// ([`crate::CommandContext::transaction`]). The runtime commits the command's
+/// end (`ENDED_*` and `callback_notified`) in the same transaction, so however
+/// often the process dies, the end method's database effects happen once.
+pub trait EndTransaction {
+    /// The store's concrete transaction type, for the context to downcast.
+    fn as_any_rc(self: std::rc::Rc<Self>) -> std::rc::Rc<dyn std::any::Any>;
+
+    /// Applies `update` (the command's end) in this transaction and commits.
+    fn commit(&self, update: CommandUpdate) -> LocalStoreFuture<'_, ()>;
+
+    /// Rolls back everything written through this transaction.
+    fn rollback(&self) -> LocalStoreFuture<'_, ()>;
+}
+
 /// Persistence of commands: the seed's CRUD operations and DAO in one interface.
 ///
 /// Every method names itself and the command in its [`StoreError`]. A missing
@@ -286,6 +304,18 @@ pub trait CommandStore: Send + Sync + 'static {
     /// Applies `batch` in one transaction: all of it or none. Inserts first,
     /// then updates; each command appears at most once among the updates.
     fn apply<'a>(&'a self, batch: &'a [Transition]) -> StoreFuture<'a, ()>;
+
+    /// Opens a transaction for an end method (see [`EndTransaction`]). Stores
+    /// without transactions answer with an error (the default).
+    fn begin_end_transaction(&self) -> LocalStoreFuture<'_, Box<dyn EndTransaction>> {
+        Box::pin(async {
+            Err(StoreError::new(
+                StoreOp::Apply,
+                None,
+                StoreErrorKind::Database("this store has no end transactions".into()),
+            ))
+        })
+    }
 
     /// Readies the store for a coordinator (migrations, for PostgreSQL).
     fn prepare(&self) -> StoreFuture<'_, ()> {

@@ -336,3 +336,53 @@ impl Command for ShortLived {
         Some(std::time::Duration::from_millis(300))
     }
 }
+
+/// A command whose end method writes a row of its own through the end
+/// transaction: the effect must exist exactly once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Effectful {
+    pub tag: String,
+    /// `schema.table` of the effects table.
+    pub table: String,
+    /// The first end attempt writes its row and then fails.
+    pub fail_first_end: bool,
+    /// `execute` asks for a transaction (which it may not).
+    pub tx_in_execute: bool,
+}
+
+impl Command for Effectful {
+    const COMMAND_TYPE: i32 = 105;
+    type Output = ();
+
+    async fn execute(&mut self, ctx: &CommandContext) -> Result<(), CommandError> {
+        if self.tx_in_execute {
+            ctx.transaction::<command_coordinator::PgTransaction>()
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn poll(&mut self, _ctx: &CommandContext) -> Result<PollOutcome<()>, CommandError> {
+        Ok(PollOutcome::Succeeded(()))
+    }
+
+    async fn end_successfully(&mut self, _: &(), ctx: &CommandContext) -> Result<(), CommandError> {
+        let tx = ctx
+            .transaction::<command_coordinator::PgTransaction>()
+            .await?;
+        let attempt = ctx.end_attempt() as i32;
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (command_id, attempt) VALUES ($1, $2)",
+                self.table
+            ),
+            &[ctx.id().as_uuid(), &attempt],
+        )
+        .await?;
+        record(&self.tag, format!("effect written, attempt {attempt}"));
+        if self.fail_first_end && attempt == 1 {
+            return Err(CommandError::new("failed after writing its effect"));
+        }
+        Ok(())
+    }
+}

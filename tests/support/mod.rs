@@ -75,6 +75,7 @@ pub fn builder(db: &TestDb) -> CoordinatorBuilder {
         .register::<commands::SerialParent>()
         .register::<commands::Idempotent>()
         .register::<commands::ShortLived>()
+        .register::<commands::Effectful>()
         .poll_interval(Duration::from_millis(10))
         .max_poll_interval(Duration::from_millis(40))
         .end_retry_delay(Duration::from_millis(5))
@@ -86,4 +87,16 @@ pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
         Ok(v) => v,
         Err(_) => panic!("timed out waiting for {what}"),
     }
+}
+
+/// The test server's URL with another user (trust authentication, so no password).
+pub fn url_as(user: &str) -> String {
+    let config: command_coordinator::tokio_postgres::Config = database_url().parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        command_coordinator::tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        command_coordinator::tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("postgres");
+    format!("postgres://{user}@{host}:{port}/{db}")
 }
