@@ -853,6 +853,9 @@ impl<C: Command> CommandActor<C> {
     /// Records what is known of a child, never moving it backwards (a
     /// ChildCompleted may arrive before the store's older view of it).
     fn merge_child(&mut self, news: ChildCompleted) {
+        if news.child == self.id() {
+            return; // a corrupt self-parent row: never its own child
+        }
         match self.children.iter_mut().find(|c| c.id == news.child) {
             Some(child) => {
                 if child.status.is_ended() && !news.status.is_ended() {

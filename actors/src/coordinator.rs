@@ -626,10 +626,19 @@ impl Handler<Rehydrate> for CoordinatorActor {
             })
             .map(|e| e.id)
             .collect();
+        // A row in a parent cycle (or its own parent) would wait for itself
+        // forever: it is isolated and reported instead.
+        let cyclic = parent_cycles(&msg.entities);
+        for id in &cyclic {
+            error!(command_id = %id, "command is part of a parent cycle (or its own parent): left as it is, isolated");
+        }
         // All actors are created in this one handler, before any of them runs
         // (they start on this arbiter only after it returns): a child that ends
         // during start-up always finds its parent.
         for entity in msg.entities {
+            if cyclic.contains(&entity.id) {
+                continue;
+            }
             let is_parked = entity.status == CommandStatus::NotStarted
                 && entity
                     .parent_id
@@ -646,6 +655,42 @@ impl Handler<Rehydrate> for CoordinatorActor {
             "commands rebuilt from the database"
         );
     }
+}
+
+/// The ids of the entities whose parent links (within `entities`) form a
+/// cycle, self-parents included. Linear: every entity is walked once.
+fn parent_cycles(entities: &[CommandEntity]) -> std::collections::HashSet<CommandId> {
+    let parent: HashMap<CommandId, Option<CommandId>> =
+        entities.iter().map(|e| (e.id, e.parent_id)).collect();
+    // 1 = on the current walk, 2 = settled.
+    let mut state: HashMap<CommandId, u8> = HashMap::with_capacity(entities.len());
+    let mut cyclic = std::collections::HashSet::new();
+    for start in entities.iter().map(|e| e.id) {
+        let mut path = Vec::new();
+        let mut next = Some(start);
+        while let Some(id) = next {
+            match state.get(&id) {
+                Some(1) => {
+                    // Back on this walk: everything from `id` on is a cycle.
+                    let from = path.iter().position(|p| *p == id).unwrap_or(0);
+                    cyclic.extend(path[from..].iter().copied());
+                    break;
+                }
+                Some(_) => break,
+                None => {}
+            }
+            if !parent.contains_key(&id) {
+                break;
+            }
+            state.insert(id, 1);
+            path.push(id);
+            next = parent[&id];
+        }
+        for id in path {
+            state.insert(id, 2);
+        }
+    }
+    cyclic
 }
 
 /// A live command's status changed (committed).
@@ -824,5 +869,43 @@ impl Handler<Forget> for CoordinatorActor {
             self.parked.remove(&id);
             self.waiters.remove(&id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entity(parent: Option<CommandId>) -> CommandEntity {
+        let mut e = CommandEntity::new(CommandId::new(), 1, JsonPayload::encode(&()).unwrap());
+        e.parent_id = parent;
+        e
+    }
+
+    #[test]
+    fn parent_cycles_finds_loops_and_self_parents_only() {
+        let root = entity(None);
+        let child = entity(Some(root.id));
+        let grandchild = entity(Some(child.id));
+        let orphan = entity(Some(CommandId::new()));
+        let mut a = entity(None);
+        let b = entity(Some(a.id));
+        a.parent_id = Some(b.id);
+        let tail = entity(Some(a.id)); // hangs off the cycle, is not in it
+        let mut selfish = entity(None);
+        selfish.parent_id = Some(selfish.id);
+        let all = vec![
+            root.clone(),
+            child,
+            grandchild,
+            orphan,
+            a.clone(),
+            b.clone(),
+            tail,
+            selfish.clone(),
+        ];
+        let cyclic = parent_cycles(&all);
+        let expected: std::collections::HashSet<_> = [a.id, b.id, selfish.id].into_iter().collect();
+        assert_eq!(cyclic, expected);
     }
 }
