@@ -3,85 +3,10 @@
 
 mod support;
 
-use command_coordinator::{CommandId, CommandStatus, CommandStore, CoordinatorError};
+use command_coordinator::{CommandStatus, CommandStore, CoordinatorError};
 use support::commands::{count, events, tag};
-use support::{TestDb, builder, fresh_db, within};
-
-struct Row<'a> {
-    id: CommandId,
-    command_type: i32,
-    parent: Option<CommandId>,
-    root: Option<CommandId>,
-    params: &'a str,
-    status: &'a str,
-    executed: bool,
-    notified: bool,
-    return_value: Option<&'a str>,
-    reason: Option<&'a str>,
-}
-
-impl<'a> Row<'a> {
-    fn new(command_type: i32, params: &'a str, status: &'a str) -> Self {
-        let id = CommandId::new();
-        Self {
-            id,
-            command_type,
-            parent: None,
-            root: Some(id),
-            params,
-            status,
-            executed: false,
-            notified: false,
-            return_value: None,
-            reason: None,
-        }
-    }
-
-    fn executed(mut self) -> Self {
-        self.executed = true;
-        self
-    }
-
-    fn child_of(mut self, parent: &Row) -> Self {
-        self.parent = Some(parent.id);
-        self.root = parent.root;
-        self
-    }
-}
-
-async fn insert(db: &TestDb, row: &Row<'_>) {
-    let client = db.pool.get().await.unwrap();
-    client
-        .execute(
-            &format!(
-                "INSERT INTO {} (command_id, command_type, root_command_id, parent_command_id, \
-                 command_parameters, command_params_class, created_at, status, callback_enabled, \
-                 callback_notified, executed, return_value, return_value_class, failure_reason) \
-                 VALUES ($1, $2, $3, $4, $5, 'test', now(), $6, true, $7, $8, $9, 'u64', $10)",
-                db.table()
-            ),
-            &[
-                row.id.as_uuid(),
-                &row.command_type,
-                &row.root.map(uuid::Uuid::from),
-                &row.parent.map(uuid::Uuid::from),
-                &row.params,
-                &row.status,
-                &row.notified,
-                &row.executed,
-                &row.return_value,
-                &row.reason,
-            ],
-        )
-        .await
-        .unwrap();
-}
-
-fn job(tag: &str, name: &str, output: u64) -> String {
-    format!(
-        r#"{{"tag":"{tag}","name":"{name}","behaviour":"Succeed","polls_needed":1,"output":{output},"started_job":"job-of-{name}"}}"#
-    )
-}
+use support::rows::{Row, insert, job};
+use support::{builder, fresh_db, within};
 
 #[actix::test]
 async fn every_start_up_case_gets_its_outcome_and_bad_rows_stay_isolated() {

@@ -386,3 +386,29 @@ impl Command for Effectful {
         Ok(())
     }
 }
+
+/// A command that is polled `polls` times and then succeeds: for memory tests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Poller {
+    pub polls: u32,
+    #[serde(default)]
+    pub seen: u32,
+}
+
+impl Command for Poller {
+    const COMMAND_TYPE: i32 = 106;
+    type Output = u32;
+
+    async fn execute(&mut self, _ctx: &CommandContext) -> Result<(), CommandError> {
+        Ok(())
+    }
+
+    async fn poll(&mut self, _ctx: &CommandContext) -> Result<PollOutcome<u32>, CommandError> {
+        self.seen += 1;
+        if self.seen >= self.polls {
+            Ok(PollOutcome::Succeeded(self.seen))
+        } else {
+            Ok(PollOutcome::Running)
+        }
+    }
+}

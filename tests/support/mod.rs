@@ -61,6 +61,7 @@ pub async fn fresh_db() -> TestDb {
 }
 
 pub mod commands;
+pub mod rows;
 
 use std::time::Duration;
 
@@ -76,6 +77,7 @@ pub fn builder(db: &TestDb) -> CoordinatorBuilder {
         .register::<commands::Idempotent>()
         .register::<commands::ShortLived>()
         .register::<commands::Effectful>()
+        .register::<commands::Poller>()
         .poll_interval(Duration::from_millis(10))
         .max_poll_interval(Duration::from_millis(40))
         .end_retry_delay(Duration::from_millis(5))
