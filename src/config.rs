@@ -7,6 +7,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
+use tokio_postgres::config::SslMode;
 
 /// The default schema: PostgreSQL's own, so `\d command_entities` works in psql
 /// with the default `search_path`.
@@ -28,6 +29,8 @@ pub enum ConfigError {
     InvalidUrl(String),
     #[error("pool size must be at least 1")]
     EmptyPool,
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A validated PostgreSQL schema name: lower-case ASCII letters, digits and `_`,
@@ -129,6 +132,8 @@ pub struct DatabaseConfig {
     pg: tokio_postgres::Config,
     schema: SchemaName,
     pool_size: usize,
+    /// Extra trusted CA certificates (PEM files) for TLS.
+    ca_files: Vec<std::path::PathBuf>,
 }
 
 impl DatabaseConfig {
@@ -151,6 +156,7 @@ impl DatabaseConfig {
             pg,
             schema: SchemaName::default(),
             pool_size: DEFAULT_POOL_SIZE,
+            ca_files: Vec::new(),
         })
     }
 
@@ -169,6 +175,14 @@ impl DatabaseConfig {
         Ok(self)
     }
 
+    /// Trusts the CA certificate(s) in this PEM file for TLS, besides the
+    /// platform's roots: for a private CA or a self-signed server. Read when
+    /// the pool is created.
+    pub fn with_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ca_files.push(path.into());
+        self
+    }
+
     pub fn schema(&self) -> &SchemaName {
         &self.schema
     }
@@ -182,22 +196,26 @@ impl DatabaseConfig {
         &self.pg
     }
 
-    /// A deadpool pool over this configuration, without TLS.
+    /// A deadpool pool over this configuration.
     ///
+    /// TLS follows the URL's `sslmode` (see [`crate::tls`] when the `tls`
+    /// feature is on, the default); the server certificate is always verified.
     /// Connections are made lazily, so this succeeds even when the server is
     /// down; the first operation reports it. Must be called inside a Tokio
     /// runtime (an actix `System` is one).
     pub fn create_pool(&self) -> Result<Pool, ConfigError> {
-        let manager = Manager::from_config(
-            self.pg.clone(),
-            NoTls,
-            ManagerConfig {
-                // Fast recycling: a broken connection is found by the next query,
-                // which the store reports as `Unavailable`; checking every
-                // checkout would cost a round trip per operation.
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            // Fast recycling: a broken connection is found by the next query,
+            // which the store reports as `Unavailable`; checking every
+            // checkout would cost a round trip per operation.
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let plain = self.pg.get_ssl_mode() == SslMode::Disable;
+        let manager = if plain {
+            Manager::from_config(self.pg.clone(), NoTls, manager_config)
+        } else {
+            self.tls_manager(manager_config)?
+        };
         Pool::builder(manager)
             .max_size(self.pool_size)
             .runtime(Runtime::Tokio1)
@@ -205,6 +223,22 @@ impl DatabaseConfig {
             .wait_timeout(Some(DEFAULT_CONNECT_TIMEOUT * 2))
             .build()
             .map_err(|e| ConfigError::InvalidUrl(e.to_string()))
+    }
+
+    #[cfg(feature = "tls")]
+    fn tls_manager(&self, config: ManagerConfig) -> Result<Manager, ConfigError> {
+        let tls = crate::tls::connector(&self.ca_files)?;
+        Ok(Manager::from_config(self.pg.clone(), tls, config))
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn tls_manager(&self, config: ManagerConfig) -> Result<Manager, ConfigError> {
+        if self.pg.get_ssl_mode() == SslMode::Require || !self.ca_files.is_empty() {
+            return Err(ConfigError::Tls(
+                "TLS was asked for, but this build lacks the `tls` feature".into(),
+            ));
+        }
+        Ok(Manager::from_config(self.pg.clone(), NoTls, config))
     }
 
     fn fmt_redacted(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -252,6 +286,8 @@ impl fmt::Debug for DatabaseConfig {
             .field("url", &Url(self))
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
+            .field("sslmode", &self.pg.get_ssl_mode())
+            .field("ca_files", &self.ca_files)
             .finish()
     }
 }

@@ -30,6 +30,8 @@ pub mod embedded;
 pub mod migrate;
 pub mod pg_store;
 pub mod pg_transaction;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use command_coordinator_actors as actors;
 pub use command_coordinator_actors::{

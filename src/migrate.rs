@@ -13,7 +13,7 @@ use deadpool_postgres::Pool;
 use tracing::info;
 
 use crate::config::SchemaName;
-use crate::pg_store::{map_pg_error, map_pool_error};
+use crate::pg_store::{error_chain, map_pg_error, map_pool_error};
 use command_coordinator_actors::{StoreError, StoreErrorKind, StoreOp};
 
 mod embedded {
@@ -110,19 +110,4 @@ pub async fn migrate(pool: &Pool, schema: &SchemaName) -> Result<MigrationReport
         info!(schema = %schema, ?applied, "migrations applied");
     }
     Ok(MigrationReport { applied })
-}
-
-/// An error and all its sources, joined with ": ".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let next = e.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = e.source();
-    }
-    text
 }

@@ -904,7 +904,7 @@ pub(crate) fn map_pg_error(
 ) -> StoreError {
     let transient = err.is_closed()
         || match err.code() {
-            // No SQLSTATE: an I/O or protocol failure below the database.
+            // No SQLSTATE: an I/O, TLS or protocol failure below the database.
             None => true,
             Some(code) => {
                 code.code().starts_with("08") // connection exception
@@ -913,10 +913,11 @@ pub(crate) fn map_pg_error(
                     || *code == SqlState::CANNOT_CONNECT_NOW
             }
         };
+    let described = Box::new(Described::new(err));
     let kind = if transient {
-        StoreErrorKind::Unavailable(Box::new(err))
+        StoreErrorKind::Unavailable(described)
     } else {
-        StoreErrorKind::Database(Box::new(err))
+        StoreErrorKind::Database(described)
     };
     StoreError::new(op, id, kind)
 }
@@ -925,6 +926,57 @@ pub(crate) fn map_pg_error(
 pub(crate) fn map_pool_error(op: StoreOp, id: Option<CommandId>, err: PoolError) -> StoreError {
     match err {
         PoolError::Backend(e) => map_pg_error(op, id, e),
-        other => StoreError::new(op, id, StoreErrorKind::Unavailable(Box::new(other))),
+        other => StoreError::new(
+            op,
+            id,
+            StoreErrorKind::Unavailable(Box::new(Described::new(other))),
+        ),
     }
+}
+
+/// An error whose message carries its whole chain of causes. The driver's
+/// own messages are terse ("db error", "error performing TLS handshake"); the
+/// reason an operator needs ("permission denied for schema x", "invalid peer
+/// certificate: UnknownIssuer") is in the sources, which many loggers never
+/// print. The typed error stays available as the source.
+#[derive(Debug)]
+pub(crate) struct Described<E> {
+    text: String,
+    error: E,
+}
+
+impl<E: std::error::Error> Described<E> {
+    pub(crate) fn new(error: E) -> Self {
+        Self {
+            text: error_chain(&error),
+            error,
+        }
+    }
+}
+
+impl<E: std::error::Error> std::fmt::Display for Described<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for Described<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// An error and all its sources, joined with ": ".
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
 }
