@@ -35,10 +35,11 @@ pub mod tls;
 
 pub use command_coordinator_actors as actors;
 pub use command_coordinator_actors::{
-    BadRow, ChildExecution, ChildView, CleanupConfig, Command, CommandContext, CommandEntity,
-    CommandError, CommandId, CommandStatus, CommandStore, Coordinator, CoordinatorBuilder,
-    CoordinatorError, InterruptedExecute, JsonPayload, LoadedRows, OnRootEnd, Outcome, PollOutcome,
-    RemovedBatch, RuntimeConfig, StartError, StoreError, StoreErrorKind, StoreOp,
+    BadRow, CancelOutcome, ChildExecution, ChildView, CleanupConfig, Command, CommandContext,
+    CommandEntity, CommandError, CommandId, CommandStatus, CommandStore, Coordinator,
+    CoordinatorBuilder, CoordinatorError, Expired, InterruptedExecute, JsonPayload, LoadedRows,
+    OnRootEnd, Outcome, PollOutcome, RemovedBatch, RuntimeConfig, StartError, StoreError,
+    StoreErrorKind, StoreOp,
 };
 pub use config::{ConfigError, DatabaseConfig, SchemaName};
 pub use migrate::{MigrationReport, migrate};

@@ -15,9 +15,9 @@ use uuid::Uuid;
 use crate::config::SchemaName;
 use crate::pg_transaction::PgTransaction;
 use command_coordinator_actors::{
-    BadRow, CommandEntity, CommandId, CommandStatus, CommandStore, CommandUpdate, EndTransaction,
-    JsonPayload, LoadedRows, LocalStoreFuture, RemovedBatch, StoreError, StoreErrorKind,
-    StoreFuture, StoreOp, Transition,
+    BadRow, CancelOutcome, CommandEntity, CommandId, CommandStatus, CommandStore, CommandUpdate,
+    EndTransaction, Expired, JsonPayload, LoadedRows, LocalStoreFuture, RemovedBatch, StoreError,
+    StoreErrorKind, StoreFuture, StoreOp, Transition,
 };
 
 /// The columns every entity query selects, in the order [`entity_from_row`] reads.
@@ -59,6 +59,9 @@ pub(crate) struct Statements {
     remove: String,
     remove_hierarchy: String,
     remove_before: String,
+    expired: String,
+    request_cancel: String,
+    cancel_requested: String,
     children: String,
     apply_inserts: String,
     pub(crate) apply_updates: String,
@@ -67,6 +70,21 @@ pub(crate) struct Statements {
 impl Statements {
     fn new(schema: &SchemaName) -> Self {
         let t = format!("{}.command_entities", schema.quoted());
+        // Roots of hierarchies that cleanup may take for cutoff $1: a hierarchy
+        // goes only as a whole, and only when its root and every row under it
+        // ended before the cutoff. A NULL or unknown status counts as not ended.
+        let expired = format!(
+            "SELECT r.command_id FROM {t} r \
+             WHERE r.parent_command_id IS NULL \
+               AND r.status IN {ENDED} \
+               AND coalesce(r.ended_at, r.updated_at) < $1 \
+               AND NOT EXISTS ( \
+                 SELECT 1 FROM {t} c \
+                 WHERE (c.root_command_id = r.command_id \
+                        OR c.parent_command_id = r.command_id) \
+                   AND (c.status IS NULL OR c.status NOT IN {ENDED} \
+                        OR coalesce(c.ended_at, c.updated_at) >= $1))"
+        );
         Self {
             save_or_update: format!(
                 "INSERT INTO {t} AS c ({COLUMNS}) VALUES \
@@ -182,17 +200,7 @@ impl Statements {
             // row under it ended before the cutoff. A NULL or unknown status
             // counts as not ended.
             remove_before: format!(
-                "WITH doomed AS ( \
-                   SELECT r.command_id FROM {t} r \
-                   WHERE r.parent_command_id IS NULL \
-                     AND r.status IN {ENDED} \
-                     AND coalesce(r.ended_at, r.updated_at) < $1 \
-                     AND NOT EXISTS ( \
-                       SELECT 1 FROM {t} c \
-                       WHERE (c.root_command_id = r.command_id \
-                              OR c.parent_command_id = r.command_id) \
-                         AND (c.status IS NULL OR c.status NOT IN {ENDED} \
-                              OR coalesce(c.ended_at, c.updated_at) >= $1)) \
+                "WITH doomed AS ({expired} \
                    ORDER BY coalesce(r.ended_at, r.updated_at) \
                    LIMIT $2 \
                    FOR UPDATE SKIP LOCKED \
@@ -200,6 +208,30 @@ impl Statements {
                  DELETE FROM {t} x USING doomed d \
                  WHERE x.command_id = d.command_id OR x.root_command_id = d.command_id \
                  RETURNING x.command_id, x.command_id = d.command_id"
+            ),
+            expired: format!(
+                "WITH doomed AS ({expired}) \
+                 SELECT (SELECT count(*) FROM doomed), \
+                        (SELECT count(*) FROM {t} x \
+                         WHERE x.command_id IN (SELECT command_id FROM doomed) \
+                            OR x.root_command_id IN (SELECT command_id FROM doomed))"
+            ),
+            // The command and its descendants through parent links (UNION ends
+            // the recursion on a cycle); only those not ended are marked.
+            request_cancel: format!(
+                "WITH RECURSIVE tree(id) AS ( \
+                   SELECT $1::uuid \
+                   UNION \
+                   SELECT c.command_id FROM {t} c JOIN tree ON c.parent_command_id = tree.id \
+                 ) \
+                 UPDATE {t} SET cancel_requested_at = coalesce(cancel_requested_at, now()), \
+                                updated_at = now() \
+                 WHERE command_id IN (SELECT id FROM tree) \
+                   AND (status IS NULL OR status NOT IN {ENDED})"
+            ),
+            cancel_requested: format!(
+                "SELECT command_id FROM {t} \
+                 WHERE cancel_requested_at IS NOT NULL AND status NOT IN {ENDED}"
             ),
         }
     }
@@ -690,6 +722,55 @@ impl CommandStore for PgStore {
                 crate::migrate::migrate(&self.pool, &self.schema).await?;
             }
             self.acquire_host_lock().await
+        })
+    }
+
+    fn request_cancel(&self, id: CommandId) -> StoreFuture<'_, CancelOutcome> {
+        Box::pin(async move {
+            let op = StoreOp::Cancel;
+            let rows = self
+                .query(op, Some(id), &self.sql.get_status, &[id.as_uuid()])
+                .await?;
+            let Some(row) = rows.first() else {
+                return Ok(CancelOutcome::NotFound);
+            };
+            let status: Option<String> = row.get(0);
+            if let Some(status) = status
+                .as_deref()
+                .and_then(|s| s.parse::<CommandStatus>().ok())
+                && status.is_ended()
+            {
+                return Ok(CancelOutcome::AlreadyEnded(status));
+            }
+            let commands = self
+                .execute(op, Some(id), &self.sql.request_cancel, &[id.as_uuid()])
+                .await?;
+            Ok(CancelOutcome::Requested { commands })
+        })
+    }
+
+    fn cancel_requested(&self) -> StoreFuture<'_, Vec<CommandId>> {
+        Box::pin(async move {
+            let rows = self
+                .query(StoreOp::Cancel, None, &self.sql.cancel_requested, &[])
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| CommandId::from_uuid(r.get(0)))
+                .collect())
+        })
+    }
+
+    fn expired(&self, cutoff: DateTime<Utc>) -> StoreFuture<'_, Expired> {
+        Box::pin(async move {
+            let rows = self
+                .query(StoreOp::RemoveBefore, None, &self.sql.expired, &[&cutoff])
+                .await?;
+            let row = rows.first();
+            Ok(Expired {
+                hierarchies: row.map_or(0, |r| r.get::<_, i64>(0) as u64),
+                rows: row.map_or(0, |r| r.get::<_, i64>(1) as u64),
+            })
         })
     }
 

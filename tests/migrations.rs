@@ -56,6 +56,12 @@ async fn the_table_has_every_seed_column_with_its_type() {
         ("updated_at", "timestamp with time zone", None, "NO"),
         ("ended_at", "timestamp with time zone", None, "YES"),
         ("failure_reason", "text", None, "YES"),
+        (
+            "cancel_requested_at",
+            "timestamp with time zone",
+            None,
+            "YES",
+        ),
     ];
     for (name, data_type, len, nullable) in seed {
         assert_eq!(
@@ -110,7 +116,7 @@ async fn several_processes_migrating_at_once_all_succeed_and_apply_once() {
     for report in reports {
         let report = report.expect("every concurrent migration succeeds");
         if !report.applied.is_empty() {
-            assert_eq!(report.applied, vec!["V1__command_entities".to_owned()]);
+            assert_eq!(report.applied, ["V1__command_entities", "V2__cancellation"]);
             applied_by += 1;
         }
     }
@@ -127,7 +133,7 @@ async fn several_processes_migrating_at_once_all_succeed_and_apply_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(history, 1);
+    assert_eq!(history, 2);
 }
 
 /// Polls futures concurrently on the current task (no extra dependency).

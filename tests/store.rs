@@ -449,3 +449,65 @@ async fn an_unreachable_database_is_a_transient_error_naming_the_operation() {
     assert_eq!((err.op, err.command_id), (StoreOp::Get, Some(id)));
     assert!(!format!("{err:?}").contains("pw@"));
 }
+
+#[actix::test]
+async fn cancellation_marks_a_command_and_its_unended_descendants() {
+    let db = fresh_db().await;
+    let root = command(1);
+    let child = child_of(&root);
+    let mut ended_child = child_of(&root);
+    ended_child.status = CommandStatus::EndedSuccessfully;
+    let grandchild = child_of(&child);
+    let other = command(1);
+    for e in [&root, &child, &ended_child, &grandchild, &other] {
+        db.store.save_or_update(e).await.unwrap();
+    }
+    assert_eq!(db.store.cancel_requested().await.unwrap(), vec![]);
+    assert_eq!(
+        db.store.request_cancel(root.id).await.unwrap(),
+        command_coordinator::CancelOutcome::Requested { commands: 3 }
+    );
+    let mut requested = db.store.cancel_requested().await.unwrap();
+    requested.sort();
+    let mut expected = vec![root.id, child.id, grandchild.id];
+    expected.sort();
+    assert_eq!(requested, expected);
+    assert_eq!(
+        db.store.request_cancel(ended_child.id).await.unwrap(),
+        command_coordinator::CancelOutcome::AlreadyEnded(CommandStatus::EndedSuccessfully)
+    );
+    assert_eq!(
+        db.store.request_cancel(CommandId::new()).await.unwrap(),
+        command_coordinator::CancelOutcome::NotFound
+    );
+    // Once ended, a command no longer counts as requested.
+    db.store
+        .update_status(grandchild.id, CommandStatus::EndedWithFailure)
+        .await
+        .unwrap();
+    assert_eq!(db.store.cancel_requested().await.unwrap().len(), 2);
+}
+
+#[actix::test]
+async fn expired_counts_what_cleanup_would_remove_without_removing_it() {
+    let db = fresh_db().await;
+    let mut root = command(1);
+    root.status = CommandStatus::EndedSuccessfully;
+    let mut child = child_of(&root);
+    child.status = CommandStatus::EndedSuccessfully;
+    let mut running_root = command(1);
+    running_root.status = CommandStatus::EndedSuccessfully;
+    let running_child = child_of(&running_root);
+    for e in [&root, &child, &running_root, &running_child] {
+        db.store.save_or_update(e).await.unwrap();
+    }
+    db.sql(&format!("UPDATE {} SET ended_at = now() - interval '2 days', updated_at = now() - interval '2 days'", db.table())).await;
+    let cutoff = Utc::now() - Duration::days(1);
+    let expired = db.store.expired(cutoff).await.unwrap();
+    assert_eq!((expired.hierarchies, expired.rows), (1, 2));
+    assert!(
+        db.store.get(root.id).await.unwrap().is_some(),
+        "nothing removed"
+    );
+    assert_eq!(db.store.remove_before(cutoff).await.unwrap(), expired.rows);
+}

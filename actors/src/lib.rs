@@ -31,6 +31,7 @@ pub use config::{CleanupConfig, OnRootEnd, RuntimeConfig};
 pub use coordinator::{Coordinator, CoordinatorBuilder, CoordinatorError, Outcome, StartError};
 pub use model::{CommandEntity, CommandId, CommandStatus, JsonPayload, UnknownStatus};
 pub use store::{
-    BadRow, BoxError, CommandStore, CommandUpdate, EndTransaction, LoadedRows, LocalStoreFuture,
-    RemovedBatch, StoreError, StoreErrorKind, StoreFuture, StoreOp, Transition,
+    BadRow, BoxError, CancelOutcome, CommandStore, CommandUpdate, EndTransaction, Expired,
+    LoadedRows, LocalStoreFuture, RemovedBatch, StoreError, StoreErrorKind, StoreFuture, StoreOp,
+    Transition,
 };

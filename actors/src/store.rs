@@ -48,6 +48,7 @@ pub enum StoreOp {
     RemoveBefore,
     Children,
     Apply,
+    Cancel,
 }
 
 impl StoreOp {
@@ -72,6 +73,7 @@ impl StoreOp {
             StoreOp::RemoveBefore => "remove_before",
             StoreOp::Children => "children",
             StoreOp::Apply => "apply",
+            StoreOp::Cancel => "cancel",
         }
     }
 }
@@ -168,6 +170,25 @@ impl fmt::Display for BadRow {
 pub struct LoadedRows {
     pub entities: Vec<CommandEntity>,
     pub bad_rows: Vec<BadRow>,
+}
+
+/// The answer to a cancellation request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// No command has this id.
+    NotFound,
+    /// The command had already ended: nothing to cancel.
+    AlreadyEnded(CommandStatus),
+    /// Cancellation was requested for this many commands (the command and its
+    /// descendants that had not ended).
+    Requested { commands: u64 },
+}
+
+/// What cleanup would remove now (see [`CommandStore::expired`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    pub hierarchies: u64,
+    pub rows: u64,
 }
 
 /// What one bounded cleanup batch removed.
@@ -300,6 +321,17 @@ pub trait CommandStore: Send + Sync + 'static {
 
     /// The children of `parent` as entities, oldest first.
     fn children(&self, parent: CommandId) -> StoreFuture<'_, LoadedRows>;
+
+    /// Marks `id` and every descendant not ended as to be cancelled. Hosts pick
+    /// the request up (see [`CommandStore::cancel_requested`]).
+    fn request_cancel(&self, id: CommandId) -> StoreFuture<'_, CancelOutcome>;
+
+    /// Commands not ended whose cancellation was requested.
+    fn cancel_requested(&self) -> StoreFuture<'_, Vec<CommandId>>;
+
+    /// What [`CommandStore::remove_before_batch`] would remove for `cutoff`,
+    /// without removing anything.
+    fn expired(&self, cutoff: DateTime<Utc>) -> StoreFuture<'_, Expired>;
 
     /// Applies `batch` in one transaction: all of it or none. Inserts first,
     /// then updates; each command appears at most once among the updates.
