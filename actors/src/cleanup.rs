@@ -77,6 +77,8 @@ impl Handler<RunCleanup> for CleanupActor {
                         }
                     };
                     total += batch.removed.len() as u64;
+                    metrics::counter!(crate::metrics::CLEANUP_REMOVED)
+                        .increment(batch.removed.len() as u64);
                     let full = batch.roots >= config.batch as usize;
                     if !batch.removed.is_empty() {
                         coordinator.do_send(Forget(batch.removed));

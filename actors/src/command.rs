@@ -243,6 +243,9 @@ pub struct CommandContext {
     pub(crate) resumed: bool,
     /// The end method's transaction, once it asked for one.
     pub(crate) end_tx: RefCell<Option<Rc<dyn EndTransaction>>>,
+    /// Set when cancellation of this command was requested (also while a call
+    /// is running).
+    pub(crate) cancelled: Rc<std::cell::Cell<bool>>,
 }
 
 impl CommandContext {
@@ -346,6 +349,14 @@ impl CommandContext {
             .await?;
         self.submitted.borrow_mut().push((id, C::COMMAND_TYPE));
         Ok(id)
+    }
+
+    /// True once cancellation of this command (or of an ancestor) was
+    /// requested. Long-running `execute`/`poll` code may check it and return
+    /// early; the runtime then fails the command with reason "cancelled"
+    /// whatever the call returned.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.get()
     }
 
     /// The coordinator, for anything else (status of other commands...).

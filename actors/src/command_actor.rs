@@ -34,10 +34,13 @@ use crate::command::{
     PollOutcome,
 };
 use crate::coordinator::{ChildStart, Coordinator, StatusChanged};
-use crate::messages::{ChildCompleted, EndAction, Finished, Inspect, Inspection, Poll};
+use crate::messages::{Cancel, ChildCompleted, EndAction, Finished, Inspect, Inspection, Poll};
 use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
 use crate::panic::CatchUnwind;
 use crate::store::{CommandUpdate, EndTransaction, Transition};
+
+/// The failure reason of a cancelled command.
+pub(crate) const CANCELLED: &str = "cancelled";
 
 /// How an actor comes to life.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,13 +62,15 @@ pub(crate) enum StartKind {
 pub(crate) struct LiveAddr {
     pub(crate) child_completed: Recipient<ChildCompleted>,
     pub(crate) inspect: Recipient<Inspect>,
+    pub(crate) cancel: Recipient<Cancel>,
 }
 
 impl LiveAddr {
     pub(crate) fn new<C: Command>(addr: Addr<CommandActor<C>>) -> Self {
         Self {
             child_completed: addr.clone().recipient(),
-            inspect: addr.recipient(),
+            inspect: addr.clone().recipient(),
+            cancel: addr.recipient(),
         }
     }
 }
@@ -99,6 +104,9 @@ pub(crate) struct CommandActor<C: Command> {
     /// Rebuilt from its row since its status was last committed: an end
     /// method may have run in a previous process.
     resumed: bool,
+    /// Cancellation was requested; shared with every context so running
+    /// command code can see it.
+    cancelled: Rc<std::cell::Cell<bool>>,
     /// The message of the last panic, kept across the restart it caused so
     /// that the failure reason says what happened.
     last_panic: Option<String>,
@@ -141,6 +149,7 @@ impl<C: Command> CommandActor<C> {
             restarts: 0,
             reload: false,
             resumed,
+            cancelled: Rc::default(),
             last_panic: None,
             end_waits_for_children: false,
             finished: false,
@@ -167,6 +176,25 @@ impl<C: Command> CommandActor<C> {
             in_end_method: false,
             resumed: self.resumed,
             end_tx: RefCell::new(None),
+            cancelled: self.cancelled.clone(),
+        }
+    }
+
+    /// A cancelled command that has not reached its outcome fails now.
+    fn fail_if_cancelled(&mut self, ctx: &mut Context<Self>) -> bool {
+        let open = matches!(
+            self.row.status,
+            CommandStatus::NotStarted | CommandStatus::Active
+        );
+        if self.cancelled.get() && open {
+            debug!(command_id = %self.id(), "cancelled");
+            self.commit(
+                ctx,
+                fail(self.id(), CommandStatus::Failed, CANCELLED.to_owned()),
+            );
+            true
+        } else {
+            false
         }
     }
 
@@ -177,6 +205,9 @@ impl<C: Command> CommandActor<C> {
             return;
         }
         let _entered = self.span.clone().entered();
+        if self.fail_if_cancelled(ctx) {
+            return;
+        }
         let status = self.row.status;
         match status {
             CommandStatus::NotStarted => {
@@ -265,6 +296,8 @@ impl<C: Command> CommandActor<C> {
             debug!(command_id = %self.id(), from = %self.row.status, to = %status, "status committed");
             self.row.status = status;
             self.resumed = false;
+            metrics::counter!(crate::metrics::TRANSITIONS, "status" => status.as_str())
+                .increment(1);
             if status.is_ended() && self.row.ended_at.is_none() {
                 self.row.ended_at = Some(now);
             }
@@ -347,7 +380,12 @@ impl<C: Command> CommandActor<C> {
                 }
                 Ok(Err(e)) => {
                     warn!(command_id = %act.id(), error = %e, "execute failed");
-                    let mut update = fail(act.id(), CommandStatus::ExecutionFailed, e.to_string());
+                    let reason = if act.cancelled.get() {
+                        CANCELLED.to_owned()
+                    } else {
+                        e.to_string()
+                    };
+                    let mut update = fail(act.id(), CommandStatus::ExecutionFailed, reason);
                     update.parameters = encode(&command);
                     act.command = Some(command);
                     act.commit(ctx, update);
@@ -417,6 +455,9 @@ impl<C: Command> CommandActor<C> {
         if let Some(timer) = self.poll_timer.take() {
             ctx.cancel_future(timer);
         }
+        if self.fail_if_cancelled(ctx) {
+            return;
+        }
         let life = self
             .command
             .as_ref()
@@ -462,6 +503,7 @@ impl<C: Command> CommandActor<C> {
         self.busy = true;
         let cctx = self.context();
         let submitted = cctx.submitted.clone();
+        metrics::counter!(crate::metrics::POLLS).increment(1);
         let fut = async move {
             let result = CatchUnwind::new(command.poll(&cctx)).await;
             (command, result)
@@ -677,6 +719,7 @@ impl<C: Command> CommandActor<C> {
                 .saturating_mul(1 << (self.end_attempts - 1).min(16))
                 .min(config.max_poll_interval);
             warn!(command_id = %self.id(), attempt = self.end_attempts, error = %error, retry_in = ?delay, "end method failed; will retry");
+            metrics::counter!(crate::metrics::END_RETRIES).increment(1);
             self.command = Some(command);
             ctx.notify_later(EndAction, delay);
             return;
@@ -776,6 +819,7 @@ impl<C: Command> CommandActor<C> {
     fn restart_after_panic(&mut self, ctx: &mut Context<Self>, reason: String) {
         self.restarts += 1;
         self.last_panic = Some(reason.clone());
+        metrics::counter!(crate::metrics::RESTARTS).increment(1);
         if self.restarts > self.coordinator.config().max_restarts {
             let status = if self.row.executed {
                 CommandStatus::Failed
@@ -831,6 +875,7 @@ impl<C: Command> CommandActor<C> {
                     }
                     for child in loaded.entities {
                         act.merge_child(ChildCompleted {
+                            ended: None,
                             child: child.id,
                             command_type: child.command_type,
                             status: child.status,
@@ -885,6 +930,7 @@ impl<C: Command> CommandActor<C> {
         self.finished = true;
         debug!(command_id = %self.id(), status = %self.row.status, "command finished");
         self.coordinator.finished(Finished {
+            ended: std::time::Instant::now(),
             id: self.id(),
             parent_id: self.row.parent_id,
             command_type: self.row.command_type,
@@ -965,12 +1011,35 @@ impl<C: Command> Handler<ChildCompleted> for CommandActor<C> {
     type Result = ();
 
     fn handle(&mut self, msg: ChildCompleted, ctx: &mut Self::Context) {
+        if let Some(ended) = msg.ended {
+            metrics::histogram!(crate::metrics::CHILD_TO_PARENT_SECONDS)
+                .record(ended.elapsed().as_secs_f64());
+        }
         self.merge_child(msg);
         if self.end_waits_for_children {
             self.run_end_action(ctx);
         } else {
             // Push, not poll: re-evaluate at once.
             self.evaluate(ctx);
+        }
+    }
+}
+
+impl<C: Command> Handler<Cancel> for CommandActor<C> {
+    type Result = ();
+
+    fn handle(&mut self, _: Cancel, ctx: &mut Self::Context) {
+        if self.cancelled.replace(true) {
+            return;
+        }
+        metrics::counter!(crate::metrics::CANCELLATIONS).increment(1);
+        // A running step sees the flag through its context and finishes
+        // first; the next step (advance/evaluate) fails the command.
+        if !self.busy {
+            if let Some(timer) = self.poll_timer.take() {
+                ctx.cancel_future(timer);
+            }
+            self.advance(ctx);
         }
     }
 }

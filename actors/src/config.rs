@@ -30,6 +30,10 @@ pub const DEFAULT_CLEANUP_BATCH: u32 = 1_000;
 /// Pause between cleanup batches, so cleanup never hogs the database.
 pub const DEFAULT_CLEANUP_PAUSE: Duration = Duration::from_millis(50);
 
+/// How often a host looks for cancellations requested through the database
+/// (by the CLI or another process); `Coordinator::cancel` acts at once.
+pub const DEFAULT_CANCEL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What happens to a root's hierarchy when the root ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnRootEnd {
@@ -71,6 +75,7 @@ pub struct RuntimeConfig {
     pub life_time: Duration,
     pub max_restarts: u32,
     pub on_root_end: OnRootEnd,
+    pub cancel_check_interval: Duration,
     pub cleanup: CleanupConfig,
     pub writer: WriterConfig,
 }
@@ -85,6 +90,7 @@ impl Default for RuntimeConfig {
             life_time: DEFAULT_LIFE_TIME,
             max_restarts: DEFAULT_MAX_RESTARTS,
             on_root_end: OnRootEnd::KeepForCleanup,
+            cancel_check_interval: DEFAULT_CANCEL_CHECK_INTERVAL,
             cleanup: CleanupConfig::default(),
             writer: WriterConfig::default(),
         }
@@ -108,6 +114,9 @@ impl RuntimeConfig {
         }
         if self.life_time.is_zero() {
             return Err("life_time must be greater than zero".into());
+        }
+        if self.cancel_check_interval.is_zero() {
+            return Err("cancel_check_interval must be greater than zero".into());
         }
         if self.cleanup.interval.is_zero() {
             return Err("cleanup interval must be greater than zero".into());

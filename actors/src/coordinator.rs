@@ -15,7 +15,7 @@
 //! cleanup actor's first pass comes one interval later, and it never touches a
 //! hierarchy with a command not ended, so starting it first is harmless.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -28,10 +28,10 @@ use crate::cleanup::{CleanupActor, RunCleanup};
 use crate::command::Command;
 use crate::command_actor::{LiveAddr, StartKind};
 use crate::config::{OnRootEnd, RuntimeConfig};
-use crate::messages::{ChildCompleted, Finished, Inspect};
+use crate::messages::{Cancel, ChildCompleted, Finished, Inspect};
 use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
 use crate::registry::Registry;
-use crate::store::{BadRow, CommandStore, StoreError, Transition};
+use crate::store::{BadRow, CancelOutcome, CommandStore, StoreError, Transition};
 use crate::writer::StoreWriter;
 
 /// Why a coordinator call failed.
@@ -281,6 +281,27 @@ impl Coordinator {
             .map_err(|_| CoordinatorError::Stopped)
     }
 
+    /// Cancels the command `id` and every descendant that has not ended: each
+    /// stops at its next step (running code sees `ctx.is_cancelled()`), ends
+    /// with failure and reason "cancelled", and a parent's end method sees
+    /// that. The request is stored in the database first, so it survives a
+    /// restart and reaches commands run by another process within
+    /// `cancel_check_interval`. Cancelling an ended command changes nothing
+    /// and says so.
+    pub async fn cancel(&self, id: CommandId) -> Result<CancelOutcome, CoordinatorError> {
+        let outcome = self.shared.store.request_cancel(id).await?;
+        if matches!(outcome, CancelOutcome::Requested { .. }) {
+            // Act at once here rather than at the next periodic check.
+            self.shared
+                .addr
+                .send(CheckCancellations)
+                .await
+                .map_err(|_| CoordinatorError::Stopped)?;
+        }
+        info!(command_id = %id, ?outcome, "cancellation requested");
+        Ok(outcome)
+    }
+
     /// Runs one cleanup pass now; returns how many rows it removed.
     pub async fn cleanup_now(&self) -> Result<u64, CoordinatorError> {
         self.shared
@@ -426,6 +447,12 @@ impl CoordinatorBuilder {
         self
     }
 
+    /// How often database-requested cancellations are looked for.
+    pub fn cancel_check_interval(mut self, interval: std::time::Duration) -> Self {
+        self.config.cancel_check_interval = interval;
+        self
+    }
+
     /// Attempts of an end method before it is given up.
     pub fn end_attempts(mut self, attempts: u32) -> Self {
         self.config.end_attempts = attempts;
@@ -498,13 +525,20 @@ impl CoordinatorBuilder {
             live: HashMap::new(),
             parked: HashMap::new(),
             waiters: HashMap::new(),
+            cancelled: HashSet::new(),
+            checking_cancellations: false,
         });
+
+        // Cancellations requested while no host ran are honoured before any
+        // rebuilt command takes a step.
+        let cancel_requested = self.store.cancel_requested().await?;
 
         let loaded = self.store.commands_with_callback_enabled().await?;
         let count = loaded.entities.len();
         addr.send(Rehydrate {
             entities: loaded.entities,
             bad_rows: loaded.bad_rows,
+            cancel_requested,
         })
         .await
         .map_err(|_| StartError::Stopped)?;
@@ -533,13 +567,41 @@ pub(crate) struct CoordinatorActor {
     /// Serial children persisted but not started yet, waiting for their parent.
     parked: HashMap<CommandId, CommandEntity>,
     waiters: HashMap<CommandId, Vec<oneshot::Sender<Outcome>>>,
+    /// Commands already told to cancel (each is told once).
+    cancelled: HashSet<CommandId>,
+    /// A cancellation check is in flight: ticks do not pile up behind a slow
+    /// database.
+    checking_cancellations: bool,
 }
 
 impl Actor for CoordinatorActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let every = self.handle.shared.config.cancel_check_interval;
+        ctx.run_interval(every, |_, ctx| ctx.notify(CheckCancellations));
+    }
 }
 
 impl CoordinatorActor {
+    /// Delivers a cancellation to a live or parked command, once.
+    fn cancel_one(&mut self, id: CommandId) {
+        if !self.cancelled.insert(id) {
+            return;
+        }
+        if let Some(entity) = self.parked.remove(&id) {
+            self.spawn(
+                entity,
+                StartKind::Skip(crate::command_actor::CANCELLED.to_owned()),
+            );
+        } else if let Some(live) = self.live.get(&id) {
+            live.addr.cancel.do_send(Cancel);
+        } else {
+            // Not here (yet): forget it, so a later check can deliver it.
+            self.cancelled.remove(&id);
+        }
+    }
+
     fn spawn(&mut self, entity: CommandEntity, start: StartKind) {
         let id = entity.id;
         let parent = entity.parent_id;
@@ -565,6 +627,9 @@ impl CoordinatorActor {
                         status,
                     },
                 );
+                metrics::gauge!(crate::metrics::COMMANDS, "status" => status.as_str())
+                    .increment(1.0);
+                metrics::gauge!(crate::metrics::LIVE_COMMANDS).set(self.live.len() as f64);
             }
             Err(reason) => {
                 error!(command_id = %id, %reason, "command cannot be rebuilt: row left as it is, isolated");
@@ -603,6 +668,7 @@ impl Handler<Spawn> for CoordinatorActor {
 struct Rehydrate {
     entities: Vec<CommandEntity>,
     bad_rows: Vec<BadRow>,
+    cancel_requested: Vec<CommandId>,
 }
 
 impl Handler<Rehydrate> for CoordinatorActor {
@@ -648,6 +714,10 @@ impl Handler<Rehydrate> for CoordinatorActor {
             } else {
                 self.spawn(entity, StartKind::Rehydrated);
             }
+        }
+        // Queued before any rebuilt actor takes its first step.
+        for id in msg.cancel_requested {
+            self.cancel_one(id);
         }
         info!(
             live = self.live.len(),
@@ -706,6 +776,10 @@ impl Handler<StatusChanged> for CoordinatorActor {
 
     fn handle(&mut self, msg: StatusChanged, _: &mut Self::Context) {
         if let Some(live) = self.live.get_mut(&msg.id) {
+            metrics::gauge!(crate::metrics::COMMANDS, "status" => live.status.as_str())
+                .decrement(1.0);
+            metrics::gauge!(crate::metrics::COMMANDS, "status" => msg.status.as_str())
+                .increment(1.0);
             live.status = msg.status;
         }
     }
@@ -749,11 +823,17 @@ impl Handler<FinishedMsg> for CoordinatorActor {
         let id = finished.id;
         // Dropping the addresses lets the actor stop.
         let live = self.live.remove(&id);
+        self.cancelled.remove(&id);
+        if let Some(l) = &live {
+            metrics::gauge!(crate::metrics::COMMANDS, "status" => l.status.as_str()).decrement(1.0);
+        }
+        metrics::gauge!(crate::metrics::LIVE_COMMANDS).set(self.live.len() as f64);
         let parent = live.and_then(|l| l.parent).or(finished.parent_id);
         match parent {
             Some(parent) => match self.live.get(&parent) {
                 Some(p) => {
                     p.addr.child_completed.do_send(ChildCompleted {
+                        ended: Some(finished.ended),
                         child: id,
                         command_type: finished.command_type,
                         status: finished.status,
@@ -803,6 +883,40 @@ impl Handler<FinishedMsg> for CoordinatorActor {
                 let _ = waiter.send(outcome.clone());
             }
         }
+    }
+}
+
+/// Look for cancellations requested in the database and deliver them.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CheckCancellations;
+
+impl Handler<CheckCancellations> for CoordinatorActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: CheckCancellations, _: &mut Self::Context) -> Self::Result {
+        if self.checking_cancellations {
+            return Box::pin(actix::fut::ready(()));
+        }
+        self.checking_cancellations = true;
+        let store = self.handle.shared.store.clone();
+        Box::pin(
+            async move { store.cancel_requested().await }
+                .into_actor(self)
+                .map(|result, act, _| {
+                    act.checking_cancellations = false;
+                    match result {
+                        Ok(ids) => {
+                            for id in ids {
+                                act.cancel_one(id);
+                            }
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "cannot look for cancellations now; next tick retries")
+                        }
+                    }
+                }),
+        )
     }
 }
 

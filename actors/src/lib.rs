@@ -16,6 +16,7 @@ mod command_actor;
 pub mod config;
 pub mod coordinator;
 pub mod messages;
+pub mod metrics;
 pub mod model;
 mod panic;
 mod registry;

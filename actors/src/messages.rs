@@ -27,7 +27,16 @@ pub struct ChildCompleted {
     pub status: CommandStatus,
     pub output: Option<JsonPayload>,
     pub failure_reason: Option<String>,
+    /// When the child's end was committed (in this process), for the
+    /// child-to-parent latency metric; `None` when read from the store.
+    pub ended: Option<std::time::Instant>,
 }
+
+/// Cancellation was requested for this command: it stops at its next step
+/// and ends with failure, reason "cancelled".
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Cancel;
 
 /// Asks a live command for its current persisted state.
 #[derive(Message, Debug)]
@@ -44,6 +53,8 @@ pub struct Inspection {
 /// How a command ended, as delivered to `execute`/`wait_for` callers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
+    /// When the end was committed, in this process.
+    pub ended: std::time::Instant,
     pub id: CommandId,
     pub parent_id: Option<CommandId>,
     pub command_type: i32,

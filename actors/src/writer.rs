@@ -170,6 +170,8 @@ async fn commit_coalesced(
     loop {
         let error = match store.apply(&transitions).await {
             Ok(()) => {
+                metrics::histogram!(crate::metrics::WRITE_BATCH_SIZE)
+                    .record(transitions.len() as f64);
                 for ack in senders.into_iter().flatten() {
                     let _ = ack.send(Ok(()));
                 }
@@ -201,6 +203,7 @@ async fn commit_coalesced(
             if transitions.is_empty() {
                 return;
             }
+            metrics::counter!(crate::metrics::WRITE_RETRIES).increment(1);
             warn!(error = %error, pending = transitions.len(), retry_in = ?delay,
                 "database unavailable; status changes kept and retried");
             tokio::time::sleep(delay).await;

@@ -412,3 +412,30 @@ impl Command for Poller {
         }
     }
 }
+
+/// A command whose `execute` runs until it sees the cancellation signal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WaitsForCancel {
+    pub tag: String,
+}
+
+impl Command for WaitsForCancel {
+    const COMMAND_TYPE: i32 = 107;
+    type Output = ();
+
+    async fn execute(&mut self, ctx: &CommandContext) -> Result<(), CommandError> {
+        record(&self.tag, "execute started");
+        for _ in 0..1_000 {
+            if ctx.is_cancelled() {
+                record(&self.tag, "saw the cancellation");
+                return Err(CommandError::new("stopped early"));
+            }
+            actix::clock::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    async fn poll(&mut self, _ctx: &CommandContext) -> Result<PollOutcome<()>, CommandError> {
+        Ok(PollOutcome::Running)
+    }
+}

@@ -78,6 +78,7 @@ pub fn builder(db: &TestDb) -> CoordinatorBuilder {
         .register::<commands::ShortLived>()
         .register::<commands::Effectful>()
         .register::<commands::Poller>()
+        .register::<commands::WaitsForCancel>()
         .poll_interval(Duration::from_millis(10))
         .max_poll_interval(Duration::from_millis(40))
         .end_retry_delay(Duration::from_millis(5))
