@@ -62,6 +62,7 @@ pub(crate) struct Statements {
     expired: String,
     request_cancel: String,
     cancel_requested: String,
+    children_of_unfinished: String,
     children: String,
     apply_inserts: String,
     pub(crate) apply_updates: String,
@@ -228,6 +229,13 @@ impl Statements {
                                 updated_at = now() \
                  WHERE command_id IN (SELECT id FROM tree) \
                    AND (status IS NULL OR status NOT IN {ENDED})"
+            ),
+            children_of_unfinished: format!(
+                "SELECT {COLUMNS} FROM {t} \
+                 WHERE parent_command_id IN ( \
+                   SELECT command_id FROM {t} \
+                   WHERE callback_enabled AND callback_notified IS NOT TRUE) \
+                 ORDER BY created_at, command_id"
             ),
             cancel_requested: format!(
                 "SELECT command_id FROM {t} \
@@ -746,6 +754,18 @@ impl CommandStore for PgStore {
                 .execute(op, Some(id), &self.sql.request_cancel, &[id.as_uuid()])
                 .await?;
             Ok(CancelOutcome::Requested { commands })
+        })
+    }
+
+    fn children_of_unfinished(&self) -> StoreFuture<'_, LoadedRows> {
+        Box::pin(async move {
+            self.load_many(
+                StoreOp::Children,
+                None,
+                &self.sql.children_of_unfinished,
+                &[],
+            )
+            .await
         })
     }
 

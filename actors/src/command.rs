@@ -214,6 +214,17 @@ pub struct ChildView {
 }
 
 impl ChildView {
+    /// What a parent knows of a child, from the child's row.
+    pub fn from_entity(child: &crate::model::CommandEntity) -> Self {
+        Self {
+            id: child.id,
+            command_type: child.command_type,
+            status: child.status,
+            output: child.return_value.clone(),
+            failure_reason: child.failure_reason.clone(),
+        }
+    }
+
     /// Decodes the child's output as `O`: `None` when it has none.
     pub fn output<O: DeserializeOwned>(&self) -> Result<Option<O>, serde_json::Error> {
         self.output.as_ref().map(|p| p.decode()).transpose()

@@ -55,6 +55,26 @@ pub(crate) enum StartKind {
     Skip(String),
 }
 
+/// Everything an actor starts with besides its row and command value.
+#[derive(Debug)]
+pub(crate) struct ActorSetup {
+    pub(crate) start: StartKind,
+    /// The children's rows, for a command rebuilt at start-up.
+    pub(crate) children: Vec<ChildView>,
+    /// Cancellation was requested before the actor existed.
+    pub(crate) cancelled: bool,
+}
+
+impl From<StartKind> for ActorSetup {
+    fn from(start: StartKind) -> Self {
+        Self {
+            start,
+            children: Vec::new(),
+            cancelled: false,
+        }
+    }
+}
+
 /// The addresses the coordinator keeps for a live command. Holding them keeps
 /// the actor's mailbox connected, which is what lets its `Supervisor` restart
 /// it; dropping them (when the command finished) lets it stop.
@@ -121,9 +141,14 @@ impl<C: Command> CommandActor<C> {
     pub(crate) fn new(
         command: C,
         row: CommandEntity,
-        start: StartKind,
+        setup: ActorSetup,
         coordinator: Coordinator,
     ) -> Self {
+        let ActorSetup {
+            start,
+            children,
+            cancelled,
+        } = setup;
         let span = info_span!(
             "command",
             id = %row.id,
@@ -136,7 +161,7 @@ impl<C: Command> CommandActor<C> {
         Self {
             command: Some(command),
             row,
-            children: Vec::new(),
+            children,
             started_children: HashSet::new(),
             coordinator,
             start,
@@ -149,7 +174,7 @@ impl<C: Command> CommandActor<C> {
             restarts: 0,
             reload: false,
             resumed,
-            cancelled: Rc::default(),
+            cancelled: Rc::new(std::cell::Cell::new(cancelled)),
             last_panic: None,
             end_waits_for_children: false,
             finished: false,
@@ -979,9 +1004,9 @@ impl<C: Command> Actor for CommandActor<C> {
             self.reload = false;
             self.resumed = true;
             self.load_and_advance(ctx, true);
-        } else if self.start == StartKind::Rehydrated {
-            self.load_and_advance(ctx, false);
         } else {
+            // A rebuilt command got its children's rows with the bulk load at
+            // start-up: no query of its own.
             self.advance(ctx);
         }
     }
@@ -1032,7 +1057,6 @@ impl<C: Command> Handler<Cancel> for CommandActor<C> {
         if self.cancelled.replace(true) {
             return;
         }
-        metrics::counter!(crate::metrics::CANCELLATIONS).increment(1);
         // A running step sees the flag through its context and finishes
         // first; the next step (advance/evaluate) fails the command.
         if !self.busy {

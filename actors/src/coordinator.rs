@@ -25,8 +25,8 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use crate::cleanup::{CleanupActor, RunCleanup};
-use crate::command::Command;
-use crate::command_actor::{LiveAddr, StartKind};
+use crate::command::{ChildView, Command};
+use crate::command_actor::{ActorSetup, LiveAddr, StartKind};
 use crate::config::{OnRootEnd, RuntimeConfig};
 use crate::messages::{Cancel, ChildCompleted, Finished, Inspect};
 use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
@@ -534,10 +534,12 @@ impl CoordinatorBuilder {
         let cancel_requested = self.store.cancel_requested().await?;
 
         let loaded = self.store.commands_with_callback_enabled().await?;
+        let children = self.store.children_of_unfinished().await?;
         let count = loaded.entities.len();
         addr.send(Rehydrate {
             entities: loaded.entities,
             bad_rows: loaded.bad_rows,
+            children,
             cancel_requested,
         })
         .await
@@ -589,6 +591,7 @@ impl CoordinatorActor {
         if !self.cancelled.insert(id) {
             return;
         }
+        metrics::counter!(crate::metrics::CANCELLATIONS).increment(1);
         if let Some(entity) = self.parked.remove(&id) {
             self.spawn(
                 entity,
@@ -603,6 +606,10 @@ impl CoordinatorActor {
     }
 
     fn spawn(&mut self, entity: CommandEntity, start: StartKind) {
+        self.spawn_with(entity, start.into());
+    }
+
+    fn spawn_with(&mut self, entity: CommandEntity, setup: ActorSetup) {
         let id = entity.id;
         let parent = entity.parent_id;
         let status = entity.status;
@@ -617,7 +624,7 @@ impl CoordinatorActor {
                 "command type is not registered: row left as it is, isolated (register the type and restart)");
             return;
         };
-        match factory.spawn(entity, start, self.handle.clone()) {
+        match factory.spawn(entity, setup, self.handle.clone()) {
             Ok(addr) => {
                 self.live.insert(
                     id,
@@ -668,6 +675,8 @@ impl Handler<Spawn> for CoordinatorActor {
 struct Rehydrate {
     entities: Vec<CommandEntity>,
     bad_rows: Vec<BadRow>,
+    /// The children of those commands (ended ones included), oldest first.
+    children: crate::store::LoadedRows,
     cancel_requested: Vec<CommandId>,
 }
 
@@ -692,6 +701,23 @@ impl Handler<Rehydrate> for CoordinatorActor {
             })
             .map(|e| e.id)
             .collect();
+        for bad in &msg.children.bad_rows {
+            warn!(command_id = %bad.command_id, reason = %bad.reason, "unreadable child row: its parent will not see it");
+        }
+        let mut children_of: HashMap<CommandId, Vec<ChildView>> = HashMap::new();
+        for child in &msg.children.entities {
+            if let Some(parent) = child.parent_id
+                && parent != child.id
+            {
+                children_of
+                    .entry(parent)
+                    .or_default()
+                    .push(ChildView::from_entity(child));
+            }
+        }
+        // Cancelled before this host started: the actors are born cancelled,
+        // so not one step of theirs runs first.
+        let cancel_requested: HashSet<CommandId> = msg.cancel_requested.iter().copied().collect();
         // A row in a parent cycle (or its own parent) would wait for itself
         // forever: it is isolated and reported instead.
         let cyclic = parent_cycles(&msg.entities);
@@ -712,10 +738,15 @@ impl Handler<Rehydrate> for CoordinatorActor {
             if is_parked {
                 self.parked.insert(entity.id, entity);
             } else {
-                self.spawn(entity, StartKind::Rehydrated);
+                let setup = ActorSetup {
+                    start: StartKind::Rehydrated,
+                    children: children_of.remove(&entity.id).unwrap_or_default(),
+                    cancelled: cancel_requested.contains(&entity.id),
+                };
+                self.spawn_with(entity, setup);
             }
         }
-        // Queued before any rebuilt actor takes its first step.
+        // Parked ones (and the bookkeeping of the live ones) as usual.
         for id in msg.cancel_requested {
             self.cancel_one(id);
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use actix::Supervisor;
 
 use crate::command::{ChildExecution, Command};
-use crate::command_actor::{CommandActor, LiveAddr, StartKind};
+use crate::command_actor::{ActorSetup, CommandActor, LiveAddr};
 use crate::coordinator::Coordinator;
 use crate::model::CommandEntity;
 
@@ -24,7 +24,7 @@ pub(crate) trait Factory: Send + Sync {
     fn spawn(
         &self,
         entity: CommandEntity,
-        start: StartKind,
+        setup: ActorSetup,
         coordinator: Coordinator,
     ) -> Result<LiveAddr, String>;
 }
@@ -43,7 +43,7 @@ impl<C: Command> Factory for TypedFactory<C> {
     fn spawn(
         &self,
         entity: CommandEntity,
-        start: StartKind,
+        setup: ActorSetup,
         coordinator: Coordinator,
     ) -> Result<LiveAddr, String> {
         let command: C = entity.parameters.decode().map_err(|e| {
@@ -52,7 +52,7 @@ impl<C: Command> Factory for TypedFactory<C> {
                 std::any::type_name::<C>()
             )
         })?;
-        let actor = CommandActor::new(command, entity, start, coordinator);
+        let actor = CommandActor::new(command, entity, setup, coordinator);
         let addr = Supervisor::start(move |_| actor);
         Ok(LiveAddr::new(addr))
     }

@@ -333,6 +333,11 @@ pub trait CommandStore: Send + Sync + 'static {
     /// without removing anything.
     fn expired(&self, cutoff: DateTime<Utc>) -> StoreFuture<'_, Expired>;
 
+    /// The children of every command that [`CommandStore::commands_with_callback_enabled`]
+    /// returns, oldest first: what a restart hands the rebuilt parents, in one
+    /// query instead of one per parent.
+    fn children_of_unfinished(&self) -> StoreFuture<'_, LoadedRows>;
+
     /// Applies `batch` in one transaction: all of it or none. Inserts first,
     /// then updates; each command appears at most once among the updates.
     fn apply<'a>(&'a self, batch: &'a [Transition]) -> StoreFuture<'a, ()>;
