@@ -1,0 +1,184 @@
+//! `list`: commands matching filters, newest first.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use command_coordinator::CommandId;
+use command_coordinator::tokio_postgres::Row;
+use serde_json::json;
+
+use crate::db::{CliError, Db, Result};
+use crate::duration::{before_now, human};
+use crate::output::{cell, colour, emit, paint, table, type_label};
+
+/// What `list` selects.
+pub struct Filter {
+    pub statuses: Vec<String>,
+    /// A type number, or a class name (full, or its last segment).
+    pub command_type: Option<String>,
+    pub older_than: Option<Duration>,
+    pub newer_than: Option<Duration>,
+    pub root: Option<CommandId>,
+    pub limit: u32,
+}
+
+pub async fn run(db: &Db, filter: Filter, json: bool) -> Result<()> {
+    let statuses: Option<Vec<String>> =
+        (!filter.statuses.is_empty()).then(|| filter.statuses.clone());
+    let (type_number, type_name): (Option<i32>, Option<String>) = match &filter.command_type {
+        None => (None, None),
+        Some(t) => match t.parse::<i32>() {
+            Ok(n) => (Some(n), None),
+            Err(_) => (None, Some(t.clone())),
+        },
+    };
+    let created_before: Option<DateTime<Utc>> = filter
+        .older_than
+        .map(before_now)
+        .transpose()
+        .map_err(CliError::usage)?;
+    let created_after: Option<DateTime<Utc>> = filter
+        .newer_than
+        .map(before_now)
+        .transpose()
+        .map_err(CliError::usage)?;
+    let root = filter.root.map(|id| *id.as_uuid());
+    let limit = i64::from(filter.limit);
+
+    let sql = format!(
+        "SELECT command_id, command_type, command_params_class, status, executed, \
+                callback_notified, created_at, updated_at, ended_at, parent_command_id, \
+                root_command_id, cancel_requested_at IS NOT NULL \
+         FROM {t} \
+         WHERE ($1::text[] IS NULL OR status = ANY($1::text[])) \
+           AND ($2::int4 IS NULL OR command_type = $2::int4) \
+           AND ($3::text IS NULL OR command_params_class = $3::text \
+                OR right(command_params_class, length($3::text) + 2) = '::' || $3::text) \
+           AND ($4::timestamptz IS NULL OR created_at < $4::timestamptz) \
+           AND ($5::timestamptz IS NULL OR created_at >= $5::timestamptz) \
+           AND ($6::uuid IS NULL OR command_id = $6::uuid OR root_command_id = $6::uuid) \
+         ORDER BY created_at DESC NULLS LAST, command_id \
+         LIMIT $7",
+        t = db.table()
+    );
+    let rows = db
+        .query(
+            &sql,
+            &[
+                &statuses,
+                &type_number,
+                &type_name,
+                &created_before,
+                &created_after,
+                &root,
+                &limit,
+            ],
+        )
+        .await?;
+    let listed: Vec<Listed> = rows.iter().map(Listed::from_row).collect();
+
+    if json {
+        let array: Vec<_> = listed.iter().map(Listed::to_json).collect();
+        emit(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&array).expect("JSON values serialize")
+        ));
+        return Ok(());
+    }
+    if listed.is_empty() {
+        eprintln!("no commands match");
+        return Ok(());
+    }
+    let now = Utc::now();
+    let colour = colour();
+    let body: Vec<Vec<(String, usize)>> = listed
+        .iter()
+        .map(|l| {
+            let status = l.status.as_deref().unwrap_or("NULL");
+            vec![
+                cell(l.id.to_string()),
+                cell(type_label(l.command_type, l.class.as_deref())),
+                (paint(status, colour), status.chars().count()),
+                cell(yes_no(l.executed)),
+                cell(yes_no(l.notified)),
+                cell(l.created_at.map_or("?".into(), |t| human(now - t))),
+                cell(
+                    l.updated_at
+                        .map_or("?".into(), |t| format!("{} ago", human(now - t))),
+                ),
+            ]
+        })
+        .collect();
+    emit(&table(
+        &[
+            "ID", "TYPE", "STATUS", "EXECUTED", "NOTIFIED", "AGE", "UPDATED",
+        ],
+        &body,
+    ));
+    if listed.len() as i64 == limit {
+        eprintln!("showing the newest {limit} matching commands; --limit N shows more");
+    }
+    Ok(())
+}
+
+fn yes_no(flag: Option<bool>) -> &'static str {
+    match flag {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "?",
+    }
+}
+
+/// One listed row. Every column but the id and the type may be NULL in a
+/// row written by someone else, so all are optional.
+struct Listed {
+    id: CommandId,
+    command_type: i32,
+    class: Option<String>,
+    status: Option<String>,
+    executed: Option<bool>,
+    notified: Option<bool>,
+    created_at: Option<DateTime<Utc>>,
+    updated_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    parent: Option<CommandId>,
+    root: Option<CommandId>,
+    cancel_requested: bool,
+}
+
+impl Listed {
+    fn from_row(row: &Row) -> Self {
+        Self {
+            id: CommandId::from_uuid(row.get(0)),
+            command_type: row.get(1),
+            class: row.get(2),
+            status: row.get(3),
+            executed: row.get(4),
+            notified: row.get(5),
+            created_at: row.get(6),
+            updated_at: row.get(7),
+            ended_at: row.get(8),
+            parent: row.get::<_, Option<_>>(9).map(CommandId::from_uuid),
+            root: row.get::<_, Option<_>>(10).map(CommandId::from_uuid),
+            cancel_requested: row.get(11),
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "id": self.id,
+            "command_type": self.command_type,
+            "type": self.class.as_deref().map(crate::output::short_class),
+            "params_class": self.class,
+            "status": self.status,
+            "executed": self.executed,
+            "callback_notified": self.notified,
+            "cancel_requested": self.cancel_requested,
+            "parent_id": self.parent,
+            "root_id": self.root,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "ended_at": self.ended_at,
+        })
+    }
+}

@@ -1,0 +1,262 @@
+//! `command-coordinator`: the operator's view of `command_entities`.
+//!
+//! Talks to PostgreSQL directly, so it works while no host runs:
+//!
+//! ```text
+//! command-coordinator --database-url postgres://app@db/app migrate
+//! command-coordinator list --status ACTIVE --older-than 2h
+//! command-coordinator show 0b7e…            # the whole hierarchy, as a tree
+//! command-coordinator stats --json
+//! command-coordinator cleanup --older-than 7d --dry-run
+//! command-coordinator cancel 0b7e…
+//! ```
+//!
+//! Errors are one line on stderr; the exit status is 2 for bad usage and 1
+//! for anything that went wrong at run time (unreachable database, no such
+//! command).
+
+mod db;
+mod duration;
+mod list;
+mod output;
+mod show;
+mod stats;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand};
+use command_coordinator::{CancelOutcome, CommandId, CommandStore, SchemaName};
+
+use db::{CliError, Db, Result};
+use output::emit;
+
+/// Inspect and manage the commands of command-coordinator in PostgreSQL.
+#[derive(Parser, Debug)]
+#[command(name = "command-coordinator", version)]
+struct Cli {
+    /// PostgreSQL URL (postgres://user@host:port/db, or key=value pairs).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        global = true,
+        value_name = "URL"
+    )]
+    database_url: Option<String>,
+    /// Schema holding command_entities.
+    #[arg(long, global = true, default_value = "public", value_name = "NAME")]
+    schema: SchemaName,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create the schema if needed and apply pending migrations.
+    Migrate,
+    /// List commands, newest first.
+    List(ListArgs),
+    /// Draw the whole hierarchy containing a command.
+    Show {
+        /// Any command of the hierarchy; the tree starts at its root.
+        id: CommandId,
+        /// Print the tree as nested JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts by status and type, the oldest command not ended, what cleanup would remove.
+    Stats {
+        /// Retention that cleanup applies (the runtime's default is 7d).
+        #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = duration::parse)]
+        retention: Duration,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove hierarchies whose every command ended longer ago than DURATION.
+    Cleanup {
+        /// e.g. 90s, 15m, 2h, 7d.
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+        older_than: Duration,
+        /// Only count what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Request cancellation of a command and its descendants that have not ended.
+    Cancel {
+        /// The command to cancel.
+        id: CommandId,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ListArgs {
+    /// Only this status, as stored (ACTIVE, ENDED_WITH_FAILURE...); repeatable.
+    #[arg(long, value_name = "STATUS")]
+    status: Vec<String>,
+    /// Only this type: its number, or its class name (Merge, or a full path).
+    #[arg(long = "type", value_name = "N")]
+    command_type: Option<String>,
+    /// Only commands created longer ago than this (90s, 15m, 2h, 7d).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    older_than: Option<Duration>,
+    /// Only commands created within this (90s, 15m, 2h, 7d).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    newer_than: Option<Duration>,
+    /// Only the hierarchy of this root.
+    #[arg(long, value_name = "ID")]
+    root: Option<CommandId>,
+    /// At most this many commands.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    limit: u32,
+    /// Print a JSON array.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code)
+        }
+    }
+}
+
+/// Help and version as clap prints them; any other argument error as one line.
+fn usage_error(e: clap::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(e.exit_code().clamp(0, 255) as u8)
+        }
+        _ => {
+            // The first paragraph says what is wrong (a missing argument is
+            // named on the lines after "not provided:"); usage and tips follow.
+            let text = e.render().to_string();
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let message = match first.join(" ") {
+                m if m.is_empty() => "error: bad arguments".to_owned(),
+                m => m,
+            };
+            eprintln!("{message} (see --help)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let url = cli.database_url.filter(|u| !u.is_empty()).ok_or_else(|| {
+        CliError::usage("no database: pass --database-url URL or set DATABASE_URL")
+    })?;
+    let db = Db::new(&url, cli.schema)?;
+    match cli.command {
+        Cmd::Migrate => migrate(&db).await,
+        Cmd::List(a) => {
+            let filter = list::Filter {
+                statuses: a.status,
+                command_type: a.command_type,
+                older_than: a.older_than,
+                newer_than: a.newer_than,
+                root: a.root,
+                limit: a.limit,
+            };
+            list::run(&db, filter, a.json).await
+        }
+        Cmd::Show { id, json } => show::run(&db, id, json).await,
+        Cmd::Stats { retention, json } => stats::run(&db, retention, json).await,
+        Cmd::Cleanup {
+            older_than,
+            dry_run,
+        } => cleanup(&db, older_than, dry_run).await,
+        Cmd::Cancel { id } => cancel(&db, id).await,
+    }
+}
+
+async fn migrate(db: &Db) -> Result<()> {
+    let report = command_coordinator::migrate(db.store.pool(), db.schema())
+        .await
+        .map_err(|e| db.store_error(e))?;
+    let mut out = String::new();
+    for name in &report.applied {
+        out.push_str(&format!("applied {name}\n"));
+    }
+    if report.applied.is_empty() {
+        out.push_str(&format!(
+            "schema {} is up to date: nothing to apply\n",
+            db.schema()
+        ));
+    } else {
+        out.push_str(&format!(
+            "schema {}: {} migration(s) applied\n",
+            db.schema(),
+            report.applied.len()
+        ));
+    }
+    emit(&out);
+    Ok(())
+}
+
+async fn cleanup(db: &Db, older_than: Duration, dry_run: bool) -> Result<()> {
+    let cutoff = duration::before_now(older_than).map_err(CliError::usage)?;
+    let when = cutoff.format("%Y-%m-%d %H:%M:%S UTC");
+    if dry_run {
+        let expired = db
+            .store
+            .expired(cutoff)
+            .await
+            .map_err(|e| db.store_error(e))?;
+        emit(&format!(
+            "dry run: would remove {} rows in {} hierarchies that ended before {when}\n",
+            expired.rows, expired.hierarchies
+        ));
+    } else {
+        let removed = db
+            .store
+            .remove_before(cutoff)
+            .await
+            .map_err(|e| db.store_error(e))?;
+        emit(&format!(
+            "removed {removed} rows of hierarchies that ended before {when}\n"
+        ));
+    }
+    Ok(())
+}
+
+async fn cancel(db: &Db, id: CommandId) -> Result<()> {
+    let outcome = db
+        .store
+        .request_cancel(id)
+        .await
+        .map_err(|e| db.store_error(e))?;
+    match outcome {
+        CancelOutcome::NotFound => Err(CliError::new(format!("no command {id}"))),
+        CancelOutcome::AlreadyEnded(status) => {
+            emit(&format!(
+                "command {id} already ended ({status}): nothing to cancel\n"
+            ));
+            Ok(())
+        }
+        CancelOutcome::Requested { commands } => {
+            emit(&format!(
+                "cancellation requested for {commands} commands; a running host picks it up \
+                 within a second, or the next host at start-up\n"
+            ));
+            Ok(())
+        }
+    }
+}

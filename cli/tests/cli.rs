@@ -1,0 +1,552 @@
+//! The built `command-coordinator` binary against a real PostgreSQL: a fresh
+//! schema `t_<uuid>` per test, migrated and filled with the library.
+
+use std::process::{Command, Output};
+
+use command_coordinator::embedded::test_database_url;
+use command_coordinator::{
+    CommandEntity, CommandId, CommandStatus, CommandStore, DatabaseConfig, JsonPayload, PgStore,
+    SchemaName, migrate,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_command-coordinator");
+
+#[derive(Serialize)]
+struct RemoveSnapshot {
+    snapshot: String,
+}
+
+#[derive(Serialize)]
+struct Merge {
+    disk: u32,
+}
+
+#[derive(Serialize)]
+struct Group {
+    name: String,
+}
+
+fn database_url() -> String {
+    test_database_url().unwrap_or_else(|e| panic!("no PostgreSQL for the tests: {e}"))
+}
+
+/// A fresh schema; migrated when `migrated`.
+struct TestDb {
+    schema: SchemaName,
+    store: PgStore,
+}
+
+async fn fresh(migrated: bool) -> TestDb {
+    let schema = SchemaName::new(format!("t_{}", uuid::Uuid::new_v4().simple())).unwrap();
+    let config = DatabaseConfig::from_url(&database_url())
+        .unwrap()
+        .with_schema(schema.clone())
+        .with_pool_size(2)
+        .unwrap();
+    let pool = config.create_pool().unwrap();
+    if migrated {
+        migrate(&pool, &schema).await.expect("migrations");
+    }
+    TestDb {
+        store: PgStore::new(pool, schema.clone()),
+        schema,
+    }
+}
+
+impl TestDb {
+    /// Runs the binary on this schema.
+    fn cli(&self, args: &[&str]) -> Output {
+        run(&[
+            &[
+                "--database-url",
+                &database_url(),
+                "--schema",
+                self.schema.as_str(),
+            ],
+            args,
+        ]
+        .concat())
+    }
+
+    /// Runs it, expects success, returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {:?}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let text = self.ok(args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+    }
+
+    async fn save(&self, e: &CommandEntity) {
+        self.store.save_or_update(e).await.expect("save");
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run the CLI")
+}
+
+fn entity<T: Serialize>(
+    value: &T,
+    ty: i32,
+    status: CommandStatus,
+    parent: Option<&CommandEntity>,
+) -> CommandEntity {
+    let mut e = CommandEntity::new(CommandId::new(), ty, JsonPayload::encode(value).unwrap());
+    if let Some(p) = parent {
+        e = e.with_parent(p);
+    }
+    e.status = status;
+    e.executed = status != CommandStatus::NotStarted;
+    e.callback_notified = status.is_ended();
+    e
+}
+
+/// `days` days ago.
+fn days_ago(days: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() - chrono::TimeDelta::days(days)
+}
+
+fn ids(array: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = array
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn sorted(ids: &[CommandId]) -> Vec<String> {
+    let mut ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    ids.sort();
+    ids
+}
+
+/// A running hierarchy (root + 2 merges) made now, and an old ended one.
+struct Listing {
+    root: CommandEntity,
+    done: CommandEntity,
+    running: CommandEntity,
+    old_root: CommandEntity,
+    old_child: CommandEntity,
+}
+
+async fn listing(db: &TestDb) -> Listing {
+    let snap = RemoveSnapshot {
+        snapshot: "s1".into(),
+    };
+    let root = entity(&snap, 1, CommandStatus::Active, None);
+    let mut done = entity(
+        &Merge { disk: 0 },
+        2,
+        CommandStatus::EndedSuccessfully,
+        Some(&root),
+    );
+    done.return_value = Some(JsonPayload::encode(&serde_json::json!({"merged_bytes": 7})).unwrap());
+    let running = entity(&Merge { disk: 1 }, 2, CommandStatus::Active, Some(&root));
+    let mut old_root = entity(&snap, 1, CommandStatus::EndedSuccessfully, None);
+    old_root.created_at = days_ago(10);
+    old_root.ended_at = Some(days_ago(9));
+    let mut old_child = entity(
+        &Merge { disk: 0 },
+        2,
+        CommandStatus::EndedSuccessfully,
+        Some(&old_root),
+    );
+    old_child.created_at = days_ago(10);
+    old_child.ended_at = Some(days_ago(9));
+    for e in [&old_root, &old_child, &root, &done, &running] {
+        db.save(e).await;
+    }
+    Listing {
+        root,
+        done,
+        running,
+        old_root,
+        old_child,
+    }
+}
+
+#[tokio::test]
+async fn list_filters_and_json() {
+    let db = fresh(true).await;
+    let l = listing(&db).await;
+
+    let all = db.json(&["list", "--json"]);
+    assert_eq!(
+        ids(&all),
+        sorted(&[
+            l.root.id,
+            l.done.id,
+            l.running.id,
+            l.old_root.id,
+            l.old_child.id
+        ])
+    );
+    // Newest first: the old hierarchy comes last.
+    let last_two = ids(&Value::Array(all.as_array().unwrap()[3..].to_vec()));
+    assert_eq!(last_two, sorted(&[l.old_root.id, l.old_child.id]));
+    assert!(all[0]["created_at"].is_string() && all[0]["type"].is_string());
+
+    let active = db.json(&["list", "--status", "ACTIVE", "--json"]);
+    assert_eq!(ids(&active), sorted(&[l.root.id, l.running.id]));
+    let two = db.json(&[
+        "list",
+        "--status",
+        "ACTIVE",
+        "--status",
+        "ENDED_SUCCESSFULLY",
+        "--json",
+    ]);
+    assert_eq!(two.as_array().unwrap().len(), 5);
+
+    let merges = db.json(&["list", "--type", "2", "--json"]);
+    assert_eq!(
+        ids(&merges),
+        sorted(&[l.done.id, l.running.id, l.old_child.id])
+    );
+    assert_eq!(
+        ids(&db.json(&["list", "--type", "Merge", "--json"])),
+        ids(&merges)
+    );
+    assert_eq!(merges[0]["type"], "Merge");
+
+    let old = db.json(&["list", "--older-than", "1d", "--json"]);
+    assert_eq!(ids(&old), sorted(&[l.old_root.id, l.old_child.id]));
+    let new = db.json(&["list", "--newer-than", "2h", "--json"]);
+    assert_eq!(ids(&new), sorted(&[l.root.id, l.done.id, l.running.id]));
+
+    let tree = db.json(&["list", "--root", &l.root.id.to_string(), "--json"]);
+    assert_eq!(ids(&tree), sorted(&[l.root.id, l.done.id, l.running.id]));
+
+    let limited = db.json(&["list", "--limit", "2", "--json"]);
+    assert_eq!(limited.as_array().unwrap().len(), 2);
+
+    let table = db.ok(&["list", "--status", "ACTIVE"]);
+    let mut lines = table.lines();
+    let header = lines.next().unwrap();
+    for column in [
+        "ID", "TYPE", "STATUS", "EXECUTED", "NOTIFIED", "AGE", "UPDATED",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    assert!(table.contains(&l.root.id.to_string()), "{table}");
+    assert!(table.contains("1 RemoveSnapshot"), "{table}");
+    assert!(!table.contains(&l.done.id.to_string()), "{table}");
+
+    let none = db.json(&["list", "--status", "NOT_STARTED", "--json"]);
+    assert_eq!(none.as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn show_draws_a_three_level_hierarchy() {
+    let db = fresh(true).await;
+    let mut root = entity(
+        &RemoveSnapshot {
+            snapshot: "s1".into(),
+        },
+        1,
+        CommandStatus::EndedWithFailure,
+        None,
+    );
+    let group = entity(
+        &Group { name: "g".into() },
+        3,
+        CommandStatus::EndedWithFailure,
+        Some(&root),
+    );
+    let mut leaf = entity(
+        &Merge { disk: 7 },
+        2,
+        CommandStatus::EndedWithFailure,
+        Some(&group),
+    );
+    leaf.failure_reason = Some("block job failed on disk 7".into());
+    let mut merged = entity(
+        &Merge { disk: 1 },
+        2,
+        CommandStatus::EndedSuccessfully,
+        Some(&root),
+    );
+    merged.return_value = Some(JsonPayload::encode(&12345u64).unwrap());
+    root.failure_reason = Some(format!("child {} failed", group.id));
+    // Creation order decides the order of siblings: group first, merge last.
+    root.created_at = days_ago(1);
+    let mut group = group;
+    group.created_at = days_ago(1) + chrono::TimeDelta::seconds(1);
+    leaf.created_at = days_ago(1) + chrono::TimeDelta::seconds(2);
+    merged.created_at = days_ago(1) + chrono::TimeDelta::seconds(3);
+    for e in [&root, &group, &leaf, &merged] {
+        db.save(e).await;
+    }
+    // An unreadable row in the same hierarchy.
+    let bad = CommandId::new();
+    let client = db.store.pool().get().await.unwrap();
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {}.command_entities (command_id, command_type, root_command_id, \
+                 parent_command_id, command_parameters, command_params_class, created_at, status) \
+                 VALUES ($1, 2, $2, $2, '{{}}', 'x::Merge', now(), 'PAUSED_BY_OPERATOR')",
+                db.schema.quoted()
+            ),
+            &[bad.as_uuid(), root.id.as_uuid()],
+        )
+        .await
+        .unwrap();
+
+    let text = db.ok(&["show", &leaf.id.to_string()]);
+    for id in [root.id, group.id, leaf.id, merged.id, bad] {
+        assert!(text.contains(&id.to_string()), "{id} missing:\n{text}");
+    }
+    assert!(text.contains("block job failed on disk 7"), "{text}");
+    assert!(text.contains("12345"), "{text}");
+    assert!(text.contains("1 RemoveSnapshot"), "{text}");
+    assert!(text.contains("2 Merge"), "{text}");
+    assert!(
+        text.contains("├─ ") && text.contains("└─ ") && text.contains("│"),
+        "{text}"
+    );
+    assert!(text.contains("unknown command status"), "{text}");
+    let leaf_line = text
+        .lines()
+        .find(|l| l.contains(&leaf.id.to_string()))
+        .unwrap();
+    assert!(leaf_line.contains("requested"), "{text}");
+    assert!(leaf_line.starts_with("│  └─ "), "{text}");
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .starts_with(&root.id.to_string()),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "no colour when not a terminal: {text}"
+    );
+
+    let tree = db.json(&["show", &leaf.id.to_string(), "--json"]);
+    assert_eq!(tree["requested"], leaf.id.to_string());
+    assert_eq!(tree["root"]["id"], root.id.to_string());
+    let children = tree["root"]["children"].as_array().unwrap();
+    assert_eq!(children.len(), 3, "{tree:#}");
+    assert_eq!(children[0]["id"], group.id.to_string());
+    let grandchild = &children[0]["children"][0];
+    assert_eq!(grandchild["id"], leaf.id.to_string());
+    assert_eq!(grandchild["failure_reason"], "block job failed on disk 7");
+    assert_eq!(grandchild["requested"], true);
+    assert_eq!(children[1]["return_value"], 12345);
+    assert!(children[2]["unreadable"].is_string(), "{tree:#}");
+    assert_eq!(tree["bad_rows"][0]["id"], bad.to_string());
+
+    // Any node shows the same tree, from its root.
+    let from_root = db.json(&["show", &root.id.to_string(), "--json"]);
+    assert_eq!(from_root["root"]["id"], root.id.to_string());
+    assert_eq!(from_root["root"]["requested"], true);
+    assert_eq!(
+        from_root["root"]["children"][0]["children"][0]["id"],
+        leaf.id.to_string()
+    );
+
+    let missing = CommandId::new();
+    let out = db.cli(&["show", &missing.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_one_line(&out, &format!("no command {missing}"));
+}
+
+#[tokio::test]
+async fn stats_counts() {
+    let db = fresh(true).await;
+    let l = listing(&db).await;
+    let stats = db.json(&["stats", "--json"]);
+    assert_eq!(stats["total"], 5, "{stats:#}");
+    assert_eq!(stats["by_status"]["ACTIVE"], 2, "{stats:#}");
+    assert_eq!(stats["by_status"]["ENDED_SUCCESSFULLY"], 3, "{stats:#}");
+    let by_type = stats["by_type"].as_array().unwrap();
+    assert_eq!(by_type.len(), 2);
+    assert_eq!(by_type[0]["command_type"], 1);
+    assert_eq!(by_type[0]["count"], 2);
+    assert_eq!(by_type[0]["type"], "RemoveSnapshot");
+    assert_eq!(by_type[1]["count"], 3);
+    assert_eq!(stats["oldest_not_ended"]["id"], l.root.id.to_string());
+    assert_eq!(stats["cleanup"]["hierarchies"], 1);
+    assert_eq!(stats["cleanup"]["rows"], 2);
+    assert_eq!(stats["cleanup"]["retention_seconds"], 7 * 86_400);
+    // A longer retention leaves nothing to clean.
+    let stats = db.json(&["stats", "--retention", "30d", "--json"]);
+    assert_eq!(stats["cleanup"]["rows"], 0);
+
+    let text = db.ok(&["stats"]);
+    assert!(text.contains("ACTIVE"), "{text}");
+    assert!(text.contains("2 Merge"), "{text}");
+    assert!(text.contains(&l.root.id.to_string()), "{text}");
+    assert!(text.contains("1 hierarchies, 2 rows"), "{text}");
+}
+
+#[tokio::test]
+async fn cleanup_dry_run_then_for_real() {
+    let db = fresh(true).await;
+    let l = listing(&db).await;
+    let dry = db.ok(&["cleanup", "--older-than", "7d", "--dry-run"]);
+    assert!(
+        dry.contains("would remove 2 rows in 1 hierarchies"),
+        "{dry}"
+    );
+    assert!(db.store.get(l.old_root.id).await.unwrap().is_some());
+    assert!(db.store.get(l.old_child.id).await.unwrap().is_some());
+
+    let done = db.ok(&["cleanup", "--older-than", "7d"]);
+    assert!(done.contains("removed 2 rows"), "{done}");
+    assert!(db.store.get(l.old_root.id).await.unwrap().is_none());
+    assert!(db.store.get(l.old_child.id).await.unwrap().is_none());
+    assert!(db.store.get(l.root.id).await.unwrap().is_some());
+
+    let again = db.ok(&["cleanup", "--older-than", "7d", "--dry-run"]);
+    assert!(again.contains("would remove 0 rows"), "{again}");
+}
+
+#[tokio::test]
+async fn cancel_marks_unended_descendants() {
+    let db = fresh(true).await;
+    let l = listing(&db).await;
+    let waiting = entity(
+        &Merge { disk: 2 },
+        2,
+        CommandStatus::NotStarted,
+        Some(&l.root),
+    );
+    db.save(&waiting).await;
+
+    let out = db.ok(&["cancel", &l.root.id.to_string()]);
+    assert_eq!(
+        out.trim(),
+        "cancellation requested for 3 commands; a running host picks it up within a second, \
+         or the next host at start-up"
+    );
+    let mut requested = db.store.cancel_requested().await.unwrap();
+    requested.sort();
+    let mut expected = vec![l.root.id, l.running.id, waiting.id];
+    expected.sort();
+    assert_eq!(requested, expected);
+
+    let out = db.ok(&["cancel", &l.done.id.to_string()]);
+    assert_eq!(
+        out.trim(),
+        format!(
+            "command {} already ended (ENDED_SUCCESSFULLY): nothing to cancel",
+            l.done.id
+        )
+    );
+
+    let missing = CommandId::new();
+    let out = db.cli(&["cancel", &missing.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_one_line(&out, &format!("no command {missing}"));
+
+    // The tree shows the request.
+    let text = db.ok(&["show", &l.root.id.to_string()]);
+    assert!(text.contains("[cancel requested]"), "{text}");
+}
+
+#[tokio::test]
+async fn migrate_twice() {
+    let db = fresh(false).await;
+    let first = db.ok(&["migrate"]);
+    assert!(first.contains("applied V1__command_entities"), "{first}");
+    assert!(first.contains("applied V2__cancellation"), "{first}");
+    let second = db.ok(&["migrate"]);
+    assert!(second.contains("up to date"), "{second}");
+    assert!(!second.contains("applied V"), "{second}");
+    let empty = db.json(&["list", "--json"]);
+    assert_eq!(empty, Value::Array(vec![]));
+}
+
+#[tokio::test]
+async fn an_unmigrated_schema_says_what_to_do() {
+    let db = fresh(false).await;
+    let out = db.cli(&["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_one_line(&out, "migrate");
+}
+
+/// Exactly one line on stderr, starting with "error:", containing `expected`,
+/// and no panic.
+#[track_caller]
+fn assert_one_line(out: &Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(
+        stderr.contains(expected),
+        "expected {expected:?} in {stderr}"
+    );
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    let url = "postgres://x@127.0.0.1:1/x";
+    let cases: &[(&[&str], &str)] = &[
+        (&["frobnicate"], "frobnicate"),
+        (&["--database-url", url, "list", "--older-than", "7x"], "7x"),
+        (
+            &["--database-url", url, "list", "--newer-than", "5"],
+            "unit",
+        ),
+        (&["--database-url", url, "show", "not-a-uuid"], "not-a-uuid"),
+        (&["--database-url", url, "cancel", "1234"], "1234"),
+        (
+            &["--database-url", url, "--schema", "Bad-Name", "list"],
+            "Bad-Name",
+        ),
+        (&["--database-url", url, "cleanup"], "--older-than"),
+        (&["list"], "--database-url"),
+        (&["--database-url", "not a url =", "list"], "--database-url"),
+    ];
+    for (args, expected) in cases {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert_one_line(&out, expected);
+    }
+    // Help is not an error.
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cleanup"));
+}
+
+#[test]
+fn unreachable_database_is_one_line_and_exit_1() {
+    let url = "postgres://x@127.0.0.1:1/x";
+    let id = CommandId::new().to_string();
+    for args in [
+        &["list"][..],
+        &["show", &id],
+        &["stats"],
+        &["cleanup", "--older-than", "1d", "--dry-run"],
+        &["cancel", &id],
+        &["migrate"],
+    ] {
+        let out = run(&[&["--database-url", url], args].concat());
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert_one_line(&out, "cannot reach the database postgres://x@127.0.0.1:1/x");
+    }
+}

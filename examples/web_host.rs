@@ -1,0 +1,371 @@
+//! An actix-web application embedding the coordinator: the way a real host
+//! (an engine with an HTTP API) uses the library.
+//!
+//! ```text
+//! cargo run --example web_host                                   # throwaway PostgreSQL
+//! cargo run --example web_host -- --database-url $URL --bind 127.0.0.1:8080
+//! ```
+//!
+//! The coordinator is started inside the actix-web `System` and its handle
+//! is shared with the handlers as `web::Data<Coordinator>`:
+//!
+//! ```text
+//! # submit a LiveMerge-style hierarchy: one RemoveSnapshot, one Merge per disk
+//! curl -s -X POST localhost:8080/commands -H 'content-type: application/json' \
+//!      -d '{"vm": "vm-1", "disks": 3, "fail_rate": 0.0}'
+//! {"id":"5b0c…"}                                                   # 202 Accepted
+//!
+//! # its hierarchy as a JSON tree (any id of the hierarchy works)
+//! curl -s localhost:8080/commands/5b0c…
+//! {"id":"5b0c…","type":"RemoveSnapshot","status":"ACTIVE",…,"children":[{…"type":"Merge"…}]}
+//!
+//! # cancel it and its unfinished merges
+//! curl -s -X POST localhost:8080/commands/5b0c…/cancel
+//! {"requested":4}                                                  # 202; 200 {"already_ended":…}; 404
+//! ```
+//!
+//! `GET /commands/{id}` reads the hierarchy from the store
+//! (`CommandStore::hierarchy` of the command's root), not from the live
+//! actors: one query gives a consistent picture that also holds the
+//! commands that already ended (their actors are gone), and the runtime
+//! acts on a status only after committing it, so the rows are never behind
+//! what the commands did.
+//!
+//! Each merge is a simulated block job of 3 to 10 seconds whose schedule is
+//! persisted with the command, so there is time to look, cancel, or kill
+//! the host. With a persistent `--database-url`, kill the host (even with
+//! `kill -9`) while merges run and start it again with the same URL: the
+//! coordinator rebuilds every unfinished command from `command_entities` at
+//! start-up and the work resumes — merges finish on their original
+//! schedule, parents end once their merges ended, and `GET` shows them
+//! progressing. Without `--database-url` (or `DATABASE_URL`) the database is
+//! a throwaway cluster deleted at exit, so nothing survives.
+//!
+//! Logs go to stderr, at `info` for this example unless `RUST_LOG` says otherwise.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{App, HttpResponse, HttpServer, get, post, web};
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use command_coordinator::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use command_coordinator::{
+    CancelOutcome, Command, CommandContext, CommandEntity, CommandError, CommandId, CommandStore,
+    Coordinator, CoordinatorError, DatabaseConfig, InterruptedExecute, PgStore, PollOutcome,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Serves a small HTTP API over the command coordinator.
+#[derive(Parser, Debug)]
+#[command(name = "web_host")]
+struct Args {
+    /// PostgreSQL URL (default: $DATABASE_URL, else a throwaway embedded cluster).
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    bind: String,
+}
+
+/// oVirt's RemoveSnapshot: one `Merge` per disk; succeeds with the bytes merged.
+#[derive(Debug, Serialize, Deserialize)]
+struct RemoveSnapshot {
+    vm: String,
+    disks: u32,
+    fail_rate: f64,
+}
+
+impl Command for RemoveSnapshot {
+    const COMMAND_TYPE: i32 = 1;
+    // Safe to rerun: it submits only the merges not persisted yet.
+    const ON_INTERRUPTED_EXECUTE: InterruptedExecute = InterruptedExecute::Rerun;
+    type Output = u64;
+
+    async fn execute(&mut self, ctx: &CommandContext) -> Result<(), CommandError> {
+        let submitted = ctx.children().len() as u32;
+        for disk in submitted..self.disks {
+            ctx.submit_child(Merge {
+                disk,
+                fail_rate: self.fail_rate,
+                job: None,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn poll(&mut self, ctx: &CommandContext) -> Result<PollOutcome<u64>, CommandError> {
+        // Called once every merge ended successfully.
+        let merged = ctx.child_outputs::<Merge>()?;
+        Ok(PollOutcome::Succeeded(
+            merged.iter().map(|m| m.merged_bytes).sum(),
+        ))
+    }
+}
+
+/// oVirt's Merge: one disk's block job, simulated.
+#[derive(Debug, Serialize, Deserialize)]
+struct Merge {
+    disk: u32,
+    fail_rate: f64,
+    /// Recorded by `execute`, persisted with the command: survives a restart.
+    job: Option<BlockJob>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct BlockJob {
+    started_at: DateTime<Utc>,
+    duration_ms: u64,
+    will_fail: bool,
+    bytes: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct MergeOutput {
+    merged_bytes: u64,
+}
+
+impl Command for Merge {
+    const COMMAND_TYPE: i32 = 2;
+    const ON_INTERRUPTED_EXECUTE: InterruptedExecute = InterruptedExecute::Rerun;
+    type Output = MergeOutput;
+
+    async fn execute(&mut self, _ctx: &CommandContext) -> Result<(), CommandError> {
+        self.job = Some(BlockJob {
+            started_at: Utc::now(),
+            duration_ms: fastrand::u64(3_000..=10_000),
+            will_fail: fastrand::f64() < self.fail_rate,
+            bytes: fastrand::u64(64..=4096) << 20,
+        });
+        Ok(())
+    }
+
+    async fn poll(
+        &mut self,
+        _ctx: &CommandContext,
+    ) -> Result<PollOutcome<MergeOutput>, CommandError> {
+        let Some(job) = &self.job else {
+            return Ok(PollOutcome::Failed("no block job recorded".into()));
+        };
+        if (Utc::now() - job.started_at).num_milliseconds() < job.duration_ms as i64 {
+            Ok(PollOutcome::Running)
+        } else if job.will_fail {
+            Ok(PollOutcome::Failed(format!(
+                "block job failed on disk {}",
+                self.disk
+            )))
+        } else {
+            Ok(PollOutcome::Succeeded(MergeOutput {
+                merged_bytes: job.bytes,
+            }))
+        }
+    }
+}
+
+/// The body of `POST /commands`.
+#[derive(Debug, Deserialize)]
+struct Submit {
+    vm: String,
+    #[serde(default = "three")]
+    disks: u32,
+    #[serde(default)]
+    fail_rate: f64,
+}
+
+fn three() -> u32 {
+    3
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "error": message.to_string() }))
+}
+
+/// 503 when the database is away (worth retrying), 500 otherwise.
+fn coordinator_error(e: CoordinatorError) -> HttpResponse {
+    let status = match &e {
+        CoordinatorError::Store(s) if s.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+        CoordinatorError::NotFound(_) => StatusCode::NOT_FOUND,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e)
+}
+
+fn bad_id(raw: &str) -> HttpResponse {
+    error(
+        StatusCode::BAD_REQUEST,
+        format!("{raw:?} is not a command id"),
+    )
+}
+
+#[post("/commands")]
+async fn submit(coordinator: web::Data<Coordinator>, body: web::Json<Submit>) -> HttpResponse {
+    let body = body.into_inner();
+    if !(1..=64).contains(&body.disks) {
+        return error(StatusCode::BAD_REQUEST, "disks must be between 1 and 64");
+    }
+    if !(0.0..=1.0).contains(&body.fail_rate) {
+        return error(StatusCode::BAD_REQUEST, "fail_rate must be between 0 and 1");
+    }
+    let command = RemoveSnapshot {
+        vm: body.vm,
+        disks: body.disks,
+        fail_rate: body.fail_rate,
+    };
+    match coordinator.submit(command).await {
+        Ok(id) => HttpResponse::Accepted().json(json!({ "id": id })),
+        Err(e) => coordinator_error(e),
+    }
+}
+
+#[get("/commands/{id}")]
+async fn show(store: web::Data<PgStore>, id: web::Path<String>) -> HttpResponse {
+    let Ok(id) = id.parse::<CommandId>() else {
+        return bad_id(&id);
+    };
+    match hierarchy(&store, id).await {
+        Ok(Some(tree)) => HttpResponse::Ok().json(tree),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no command {id}")),
+        Err(e) => coordinator_error(e),
+    }
+}
+
+#[post("/commands/{id}/cancel")]
+async fn cancel(coordinator: web::Data<Coordinator>, id: web::Path<String>) -> HttpResponse {
+    let Ok(id) = id.parse::<CommandId>() else {
+        return bad_id(&id);
+    };
+    match coordinator.cancel(id).await {
+        Ok(CancelOutcome::Requested { commands }) => {
+            HttpResponse::Accepted().json(json!({ "requested": commands }))
+        }
+        Ok(CancelOutcome::AlreadyEnded(status)) => {
+            HttpResponse::Ok().json(json!({ "already_ended": status }))
+        }
+        Ok(CancelOutcome::NotFound) => error(StatusCode::NOT_FOUND, format!("no command {id}")),
+        Err(e) => coordinator_error(e),
+    }
+}
+
+/// The tree of the hierarchy holding `id`, from the store; `None` when
+/// there is no such command.
+async fn hierarchy(store: &PgStore, id: CommandId) -> Result<Option<Value>, CoordinatorError> {
+    let Some(mut top) = store.get(id).await? else {
+        return Ok(None);
+    };
+    // Up the parent links to the root (bounded, in case of a corrupt cycle).
+    for _ in 0..64 {
+        match top.parent_id {
+            Some(parent) => match store.get(parent).await? {
+                Some(p) => top = p,
+                None => break,
+            },
+            None => break,
+        }
+    }
+    let loaded = store.hierarchy(top.id).await?;
+    let mut children: HashMap<Option<CommandId>, Vec<&CommandEntity>> = HashMap::new();
+    for e in &loaded.entities {
+        children.entry(e.parent_id).or_default().push(e);
+    }
+    let mut tree = node(&top, &children, 0);
+    if !loaded.bad_rows.is_empty() {
+        tree["unreadable_rows"] = json!(
+            loaded
+                .bad_rows
+                .iter()
+                .map(|b| json!({ "id": b.command_id, "reason": b.reason }))
+                .collect::<Vec<_>>()
+        );
+    }
+    Ok(Some(tree))
+}
+
+fn node(
+    e: &CommandEntity,
+    children: &HashMap<Option<CommandId>, Vec<&CommandEntity>>,
+    depth: usize,
+) -> Value {
+    let kids: Vec<Value> = match children.get(&Some(e.id)) {
+        Some(list) if depth < 64 => list.iter().map(|c| node(c, children, depth + 1)).collect(),
+        _ => Vec::new(),
+    };
+    let kind = match e.command_type {
+        RemoveSnapshot::COMMAND_TYPE => "RemoveSnapshot",
+        Merge::COMMAND_TYPE => "Merge",
+        _ => "unknown",
+    };
+    json!({
+        "id": e.id,
+        "type": kind,
+        "status": e.status,
+        "created_at": e.created_at,
+        "ended_at": e.ended_at,
+        "parameters": serde_json::from_str::<Value>(e.parameters.json()).unwrap_or(Value::Null),
+        "output": e.return_value.as_ref()
+            .map(|rv| serde_json::from_str::<Value>(rv.json()).unwrap_or(Value::Null)),
+        "failure_reason": e.failure_reason,
+        "children": kids,
+    })
+}
+
+#[actix_web::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,web_host=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    // Kept alive until the end of main: dropping it stops the cluster.
+    let mut embedded: Option<EmbeddedPostgres> = None;
+    let url = match args
+        .database_url
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .filter(|u| !u.is_empty())
+    {
+        Some(url) => url,
+        None => embedded
+            .insert(EmbeddedPostgres::start(EmbeddedOptions::default())?)
+            .url(),
+    };
+    let config = DatabaseConfig::from_url(&url)?;
+    let store = PgStore::new(config.create_pool()?, config.schema().clone());
+    // Migrates, takes the host lock, rebuilds every unfinished command.
+    let coordinator = Coordinator::builder(store.clone())
+        .register::<RemoveSnapshot>()
+        .register::<Merge>()
+        .poll_interval(Duration::from_millis(500))
+        .max_poll_interval(Duration::from_secs(2))
+        .start()
+        .await?;
+    eprintln!(
+        "web_host: listening on http://{} (database {config})",
+        args.bind
+    );
+
+    let data_coordinator = web::Data::new(coordinator.clone());
+    let data_store = web::Data::new(store);
+    HttpServer::new(move || {
+        App::new()
+            .app_data(data_coordinator.clone())
+            .app_data(data_store.clone())
+            .service(submit)
+            .service(show)
+            .service(cancel)
+    })
+    .workers(2)
+    .bind(&args.bind)?
+    .run()
+    .await?;
+
+    // Ctrl-C: commit what is queued; unfinished commands resume next start.
+    coordinator.shutdown().await;
+    drop(embedded);
+    Ok(())
+}
