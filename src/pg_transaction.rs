@@ -115,6 +115,10 @@ impl EndTransaction for PgTransaction {
         })
     }
 
+    fn is_broken(&self) -> bool {
+        self.client().is_closed()
+    }
+
     fn rollback(&self) -> LocalStoreFuture<'_, ()> {
         Box::pin(async move {
             self.client()

@@ -254,6 +254,9 @@ pub struct CommandContext {
     pub(crate) resumed: bool,
     /// The end method's transaction, once it asked for one.
     pub(crate) end_tx: RefCell<Option<Rc<dyn EndTransaction>>>,
+    /// Set when opening the end transaction failed because the database was
+    /// unreachable.
+    pub(crate) store_unavailable: std::cell::Cell<bool>,
     /// Set when cancellation of this command was requested (also while a call
     /// is running).
     pub(crate) cancelled: Rc<std::cell::Cell<bool>>,
@@ -329,7 +332,10 @@ impl CommandContext {
                     .store()
                     .begin_end_transaction()
                     .await
-                    .map_err(|e| CommandError::new(e.to_string()))?
+                    .map_err(|e| {
+                        self.store_unavailable.set(e.is_transient());
+                        CommandError::new(e.to_string())
+                    })?
                     .into();
                 *self.end_tx.borrow_mut() = Some(tx.clone());
                 tx

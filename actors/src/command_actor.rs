@@ -201,6 +201,7 @@ impl<C: Command> CommandActor<C> {
             in_end_method: false,
             resumed: self.resumed,
             end_tx: RefCell::new(None),
+            store_unavailable: std::cell::Cell::new(false),
             cancelled: self.cancelled.clone(),
         }
     }
@@ -710,6 +711,10 @@ impl<C: Command> CommandActor<C> {
                     }
                 }
                 Err(e) => {
+                    // The database, not the end method, failed: that attempt
+                    // does not count, or an outage would use up all of them.
+                    let unavailable = cctx.store_unavailable.get()
+                        || tx.as_ref().is_some_and(|t| t.is_broken());
                     if let Some(tx) = tx {
                         // Its writes must not survive the failed attempt.
                         ctx.spawn(
@@ -721,10 +726,30 @@ impl<C: Command> CommandActor<C> {
                             .into_actor(act),
                         );
                     }
-                    act.end_method_failed(ctx, command, cctx, e);
+                    if unavailable {
+                        act.retry_end_after_outage(ctx, command, &e);
+                    } else {
+                        act.end_method_failed(ctx, command, cctx, e);
+                    }
                 }
             }
         }));
+    }
+
+    /// The end action could not reach the database: try again later without
+    /// counting an attempt.
+    fn retry_end_after_outage(
+        &mut self,
+        ctx: &mut Context<Self>,
+        command: C,
+        error: &dyn std::fmt::Display,
+    ) {
+        self.end_attempts = self.end_attempts.saturating_sub(1);
+        self.command = Some(command);
+        let delay = self.coordinator.config().max_poll_interval;
+        warn!(command_id = %self.id(), error = %error, retry_in = ?delay,
+            "end action could not reach the database; will retry (attempt not counted)");
+        ctx.notify_later(EndAction, delay);
     }
 
     /// An end method attempt failed: retry with backoff, or, after the last
@@ -790,7 +815,7 @@ impl<C: Command> CommandActor<C> {
                 }
                 Err(e) => {
                     warn!(command_id = %act.id(), error = %e, "commit of the end transaction failed; checking the row");
-                    act.verify_end_commit(ctx, update, cctx, e.to_string());
+                    act.verify_end_commit(ctx, update, cctx, e.to_string(), e.is_transient());
                 }
             }
         }));
@@ -802,6 +827,7 @@ impl<C: Command> CommandActor<C> {
         update: CommandUpdate,
         cctx: CommandContext,
         error: String,
+        transient: bool,
     ) {
         self.busy = true;
         let store = self.coordinator.store().clone();
@@ -823,14 +849,18 @@ impl<C: Command> CommandActor<C> {
                             }
                         };
                         let e = CommandError::new(format!("the end could not be committed: {error}"));
-                        act.end_method_failed(ctx, command, cctx, e);
+                        if transient {
+                            act.retry_end_after_outage(ctx, command, &e);
+                        } else {
+                            act.end_method_failed(ctx, command, cctx, e);
+                        }
                     }
                     Err(e) => {
                         // Still unreachable: look again later.
                         let delay = act.coordinator.config().max_poll_interval;
                         warn!(command_id = %act.id(), error = %e, "cannot read the row yet; retrying");
                         ctx.run_later(delay, move |act, ctx| {
-                            act.verify_end_commit(ctx, update, cctx, error)
+                            act.verify_end_commit(ctx, update, cctx, error, transient)
                         });
                     }
                 }

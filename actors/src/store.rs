@@ -267,6 +267,13 @@ pub trait EndTransaction {
 
     /// Rolls back everything written through this transaction.
     fn rollback(&self) -> LocalStoreFuture<'_, ()>;
+
+    /// True when the connection under the transaction is gone (the database
+    /// went away): a failure of the end method is then the database's, not
+    /// the end method's, and is retried without counting an attempt.
+    fn is_broken(&self) -> bool {
+        false
+    }
 }
 
 /// Persistence of commands: the seed's CRUD operations and DAO in one interface.

@@ -110,155 +110,170 @@ impl StoreWriter {
 
 type Ack = oneshot::Sender<Result<(), StoreError>>;
 
+/// A transition and everyone waiting for it (several when updates of one
+/// command were folded together).
+type Pending = (Transition, Vec<Ack>);
+
 async fn run(store: Arc<dyn CommandStore>, config: WriterConfig, mut rx: mpsc::Receiver<Request>) {
-    let mut batch: Vec<Transition> = Vec::new();
-    let mut acks: Vec<Ack> = Vec::new();
+    // Updates kept while the database is unreachable, retried with the next batch.
+    let mut retry: Vec<Pending> = Vec::new();
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut delay = config.retry_min;
+    let mut open = true;
     loop {
-        // Wait for the first request, then take whatever else is queued.
-        let Some(first) = rx.recv().await else {
+        let mut items: Vec<Pending> = std::mem::take(&mut retry);
+        // Wait for work (unless there is some to retry), then take whatever
+        // else is queued, up to a batch.
+        if items.is_empty() && open {
+            match rx.recv().await {
+                Some(request) => accept(request, &mut items, &mut flushes),
+                None => open = false,
+            }
+        }
+        if items.is_empty() && !open {
             debug!("store writer: all senders gone, stopping");
+            resolve(&mut flushes);
             return;
-        };
-        let mut next = Some(first);
-        while let Some(request) = next.take() {
-            match request {
-                Request::Write { transition, ack } => {
-                    batch.push(transition);
-                    acks.push(ack);
-                }
-                Request::Flush(done) => flushes.push(done),
-            }
-            if batch.len() < config.max_batch {
-                next = rx.try_recv().ok();
+        }
+        while open && items.len() < config.max_batch {
+            match rx.try_recv() {
+                Ok(request) => accept(request, &mut items, &mut flushes),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
-        if !batch.is_empty() {
-            commit(
-                &*store,
-                &config,
-                std::mem::take(&mut batch),
-                std::mem::take(&mut acks),
-            )
-            .await;
+        if !items.is_empty() {
+            retry = try_commit(&*store, coalesce(items)).await;
         }
-        for done in flushes.drain(..) {
-            let _ = done.send(());
+        if retry.is_empty() {
+            delay = config.retry_min;
+            resolve(&mut flushes);
+            continue;
         }
+        // The database is unreachable. Wait before retrying, but keep serving
+        // the queue meanwhile: a submit must learn of the outage at once
+        // rather than wait for the database to come back.
+        metrics::counter!(crate::metrics::WRITE_RETRIES).increment(1);
+        warn!(pending = retry.len(), retry_in = ?delay,
+            "database unavailable; status changes kept and retried");
+        let deadline = tokio::time::Instant::now() + delay;
+        while open {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                request = rx.recv() => match request {
+                    Some(Request::Write { transition: Transition::Insert(e), ack }) => {
+                        let _ = ack.send(Err(unavailable(e.id, "the database is unreachable")));
+                    }
+                    Some(request) => accept(request, &mut retry, &mut flushes),
+                    None => open = false,
+                },
+            }
+        }
+        if !open {
+            tokio::time::sleep_until(deadline).await;
+        }
+        delay = (delay * 2).min(config.retry_max);
     }
 }
 
-/// Commits `batch`, acknowledging every sender.
-async fn commit(
-    store: &dyn CommandStore,
-    config: &WriterConfig,
-    batch: Vec<Transition>,
-    acks: Vec<Ack>,
-) {
-    let (transitions, senders) = coalesce(batch, acks);
-    commit_coalesced(store, config, transitions, senders).await;
+fn accept(request: Request, items: &mut Vec<Pending>, flushes: &mut Vec<oneshot::Sender<()>>) {
+    match request {
+        Request::Write { transition, ack } => items.push((transition, vec![ack])),
+        Request::Flush(done) => flushes.push(done),
+    }
 }
 
-/// Commits transitions whose senders are grouped per transition.
-async fn commit_coalesced(
-    store: &dyn CommandStore,
-    config: &WriterConfig,
-    mut transitions: Vec<Transition>,
-    mut senders: Vec<Vec<Ack>>,
-) {
-    let mut delay = config.retry_min;
-    loop {
-        let error = match store.apply(&transitions).await {
-            Ok(()) => {
-                metrics::histogram!(crate::metrics::WRITE_BATCH_SIZE)
-                    .record(transitions.len() as f64);
-                for ack in senders.into_iter().flatten() {
-                    let _ = ack.send(Ok(()));
-                }
-                return;
+fn resolve(flushes: &mut Vec<oneshot::Sender<()>>) {
+    for done in flushes.drain(..) {
+        let _ = done.send(());
+    }
+}
+
+fn unavailable(id: CommandId, why: &str) -> StoreError {
+    StoreError::new(
+        StoreOp::Apply,
+        Some(id),
+        StoreErrorKind::Unavailable(why.to_owned().into()),
+    )
+}
+
+/// Tries once to commit `items`. Acknowledges everything that committed or
+/// failed for good; returns the updates to retry because the database was
+/// unreachable. Inserts are never retried: their senders (a `submit`) get the
+/// error at once, and nothing of theirs is half-persisted.
+async fn try_commit(store: &dyn CommandStore, items: Vec<Pending>) -> Vec<Pending> {
+    let (transitions, senders): (Vec<Transition>, Vec<Vec<Ack>>) = items.into_iter().unzip();
+    let error = match store.apply(&transitions).await {
+        Ok(()) => {
+            metrics::histogram!(crate::metrics::WRITE_BATCH_SIZE).record(transitions.len() as f64);
+            for ack in senders.into_iter().flatten() {
+                let _ = ack.send(Ok(()));
             }
-            Err(e) => e,
-        };
-        if error.is_transient() {
-            // Fail the inserts now: a submitter must learn of the outage rather
-            // than wait, and nothing of theirs is half-persisted. Keep the
-            // updates: they are status changes of running commands.
-            let mut kept = (Vec::new(), Vec::new());
-            for (transition, group) in transitions.into_iter().zip(senders) {
-                if let Transition::Insert(_) = transition {
-                    let id = transition.command_id();
-                    for ack in group {
-                        let _ = ack.send(Err(StoreError::new(
-                            StoreOp::Apply,
-                            Some(id),
-                            StoreErrorKind::Unavailable(error.to_string().into()),
-                        )));
-                    }
-                } else {
-                    kept.0.push(transition);
-                    kept.1.push(group);
-                }
-            }
-            (transitions, senders) = kept;
-            if transitions.is_empty() {
-                return;
-            }
-            metrics::counter!(crate::metrics::WRITE_RETRIES).increment(1);
-            warn!(error = %error, pending = transitions.len(), retry_in = ?delay,
-                "database unavailable; status changes kept and retried");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(config.retry_max);
-        } else if transitions.len() > 1 {
-            debug!(error = %error, size = transitions.len(), "batch failed; applying its transitions one by one");
-            for (transition, group) in transitions.into_iter().zip(senders) {
-                Box::pin(commit_coalesced(
-                    store,
-                    config,
-                    vec![transition],
-                    vec![group],
-                ))
-                .await;
-            }
-            return;
-        } else {
-            warn!(error = %error, "store write failed");
-            let message = error.to_string();
-            for (transition, group) in transitions.iter().zip(senders) {
-                for ack in group {
-                    let _ = ack.send(Err(StoreError::new(
-                        StoreOp::Apply,
-                        Some(transition.command_id()),
-                        StoreErrorKind::Database(message.clone().into()),
-                    )));
-                }
-            }
-            return;
+            return Vec::new();
         }
+        Err(e) => e,
+    };
+    if error.is_transient() {
+        let mut kept = Vec::new();
+        for (transition, acks) in transitions.into_iter().zip(senders) {
+            if let Transition::Insert(_) = transition {
+                let id = transition.command_id();
+                for ack in acks {
+                    let _ = ack.send(Err(unavailable(id, &error.to_string())));
+                }
+            } else {
+                kept.push((transition, acks));
+            }
+        }
+        kept
+    } else if transitions.len() > 1 {
+        // Find the culprit: each transition alone, so one bad transition
+        // fails only its own senders.
+        debug!(error = %error, size = transitions.len(), "batch failed; applying its transitions one by one");
+        let mut kept = Vec::new();
+        for item in transitions.into_iter().zip(senders) {
+            kept.extend(Box::pin(try_commit(store, vec![item])).await);
+        }
+        kept
+    } else {
+        warn!(error = %error, "store write failed");
+        let message = error.to_string();
+        for (transition, acks) in transitions.iter().zip(senders) {
+            for ack in acks {
+                let _ = ack.send(Err(StoreError::new(
+                    StoreOp::Apply,
+                    Some(transition.command_id()),
+                    StoreErrorKind::Database(message.clone().into()),
+                )));
+            }
+        }
+        Vec::new()
     }
 }
 
 /// Puts inserts first and folds several updates of one command into one, so
 /// that a multi-row UPDATE never sees the same row twice.
-fn coalesce(batch: Vec<Transition>, acks: Vec<Ack>) -> (Vec<Transition>, Vec<Vec<Ack>>) {
-    let mut inserts: Vec<(Transition, Vec<Ack>)> = Vec::new();
-    let mut updates: Vec<(Transition, Vec<Ack>)> = Vec::new();
+fn coalesce(items: Vec<Pending>) -> Vec<Pending> {
+    let mut inserts: Vec<Pending> = Vec::new();
+    let mut updates: Vec<Pending> = Vec::new();
     let mut update_index: HashMap<CommandId, usize> = HashMap::new();
-    for (transition, ack) in batch.into_iter().zip(acks) {
+    for (transition, acks) in items {
         match transition {
-            Transition::Insert(_) => inserts.push((transition, vec![ack])),
+            Transition::Insert(_) => inserts.push((transition, acks)),
             Transition::Update(update) => match update_index.get(&update.id) {
                 Some(&i) => {
                     if let Transition::Update(earlier) = &mut updates[i].0 {
                         earlier.merge(update);
                     }
-                    updates[i].1.push(ack);
+                    updates[i].1.extend(acks);
                 }
                 None => {
                     update_index.insert(update.id, updates.len());
-                    updates.push((Transition::Update(update), vec![ack]));
+                    updates.push((Transition::Update(update), acks));
                 }
             },
         }
     }
-    inserts.into_iter().chain(updates).unzip()
+    inserts.extend(updates);
+    inserts
 }

@@ -103,3 +103,4 @@ pub fn url_as(user: &str) -> String {
     let db = config.get_dbname().unwrap_or("postgres");
     format!("postgres://{user}@{host}:{port}/{db}")
 }
+pub mod processes;

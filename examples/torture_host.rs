@@ -1,0 +1,473 @@
+//! A host process for crash torture: `tests/torture.rs` runs it, kills it with
+//! SIGKILL at random moments, starts it again, and finally checks the rows it
+//! left in PostgreSQL.
+//!
+//! ```text
+//! cargo run --example torture_host -- --database-url $URL --schema torture_1 \
+//!     --hierarchies 200 --children 3 --seed 42
+//! ```
+//!
+//! Workload: `--hierarchies` `TortureRoot` commands (type 201), each submitting
+//! `--children` `TortureChild` commands (type 202) in its `execute`, with short
+//! sleeps between the submits so that kills land inside `execute`. A child's
+//! `execute` sleeps 0–30 ms (more kills inside `execute`), then records in its
+//! own fields a simulated job: its start time, a duration of 10–300 ms and
+//! whether it fails (about 10 %), both derived from (seed, seq, index). Its
+//! `poll` compares the wall clock with that record, so a job keeps its schedule
+//! across restarts. A root succeeds with the sum of its children's outputs.
+//! Both types keep the default interrupted-execute policy: a command killed
+//! inside `execute` fails with `EXECUTION_FAILED`.
+//!
+//! Every end method (success and failure, both types) writes one row into
+//! `<schema>.torture_effects` through the end transaction
+//! (`ctx.transaction::<PgTransaction>()`), which commits together with the
+//! command's end: the table has no unique constraint, so an end action that ran
+//! twice would show as two rows.
+//!
+//! The host is restartable at any point:
+//!
+//! 1. It migrates the schema, creates `torture_effects`, and once per schema
+//!    (a marker row in `torture_meta`, in the same transaction) inserts 3,000
+//!    pre-aged junk rows (type 999, ended 30 days ago) for the cleanup actor.
+//! 2. It starts the coordinator, which rebuilds whatever a killed predecessor
+//!    left unfinished. Cleanup runs every 300 ms with the default retention
+//!    (7 days), so it removes the junk rows and nothing of the workload.
+//! 3. It submits a `TortureRoot` for every seq in `0..N` that has no row yet
+//!    (one query lists the seqs already present, so re-submission after a kill
+//!    is idempotent), at most `--window` unfinished hierarchies at a time.
+//! 4. It waits for every root with `wait_for` (roots that ended in an earlier
+//!    run are answered from the store), printing progress lines, then waits
+//!    (at most 30 s) until cleanup removed the junk rows, prints `ALL ENDED`
+//!    and exits 0.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use command_coordinator::deadpool_postgres::Pool;
+use command_coordinator::{
+    Command, CommandContext, CommandError, CommandId, Coordinator, DatabaseConfig, PgStore,
+    PgTransaction, PollOutcome, SchemaName, migrate,
+};
+use serde::{Deserialize, Serialize};
+
+/// Command type numbers (never reuse them).
+const ROOT_TYPE: i32 = 201;
+const CHILD_TYPE: i32 = 202;
+/// Rows for the cleanup actor: ended 30 days ago, never part of the workload.
+const JUNK_TYPE: i32 = 999;
+const JUNK_ROWS: i64 = 3_000;
+/// How long the host waits, once every root ended, for cleanup to remove the
+/// junk rows.
+const JUNK_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "torture_host",
+    about = "Crash-torture host for the command coordinator"
+)]
+struct Args {
+    /// PostgreSQL URL.
+    #[arg(long, value_name = "URL")]
+    database_url: String,
+    /// Schema holding command_entities and torture_effects.
+    #[arg(long)]
+    schema: String,
+    /// Number of TortureRoot hierarchies.
+    #[arg(long, default_value_t = 200)]
+    hierarchies: u32,
+    /// TortureChild commands per root.
+    #[arg(long, default_value_t = 3)]
+    children: u32,
+    /// Seed of the children's simulated jobs (durations, failures).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// First poll interval in milliseconds (backs off up to 4×).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    poll_ms: u64,
+    /// Most hierarchies unfinished at once.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    window: u32,
+}
+
+/// `"<schema>".torture_effects`, set once at start.
+static EFFECTS_TABLE: OnceLock<String> = OnceLock::new();
+
+fn effects_table() -> &'static str {
+    EFFECTS_TABLE.get().expect("effects table set at start")
+}
+
+/// Writes the end action's effect row in the end transaction: it commits
+/// together with the command's end, or not at all.
+async fn write_effect(ctx: &CommandContext, kind: &str, seq: u32) -> Result<(), CommandError> {
+    let tx = ctx.transaction::<PgTransaction>().await?;
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (command_id, kind, seq) VALUES ($1, $2, $3)",
+            effects_table()
+        ),
+        &[ctx.id().as_uuid(), &kind, &(seq as i32)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A pause of 0..=`max_ms` milliseconds, so that kills land inside `execute`.
+async fn jitter(max_ms: u64) {
+    actix::clock::sleep(Duration::from_millis(fastrand::u64(0..=max_ms))).await;
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TortureRoot {
+    seq: u32,
+    children: u32,
+    seed: u64,
+}
+
+impl Command for TortureRoot {
+    const COMMAND_TYPE: i32 = ROOT_TYPE;
+    type Output = u64;
+
+    async fn execute(&mut self, ctx: &CommandContext) -> Result<(), CommandError> {
+        for index in 0..self.children {
+            jitter(5).await;
+            ctx.submit_child(TortureChild {
+                seq: self.seq,
+                index,
+                seed: self.seed,
+                job: None,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn poll(&mut self, ctx: &CommandContext) -> Result<PollOutcome<u64>, CommandError> {
+        // Called only once every child ended successfully.
+        Ok(PollOutcome::Succeeded(
+            ctx.child_outputs::<TortureChild>()?.iter().sum(),
+        ))
+    }
+
+    async fn end_successfully(
+        &mut self,
+        _: &u64,
+        ctx: &CommandContext,
+    ) -> Result<(), CommandError> {
+        write_effect(ctx, "succeeded", self.seq).await
+    }
+
+    async fn end_with_failure(
+        &mut self,
+        _: &str,
+        ctx: &CommandContext,
+    ) -> Result<(), CommandError> {
+        write_effect(ctx, "failed", self.seq).await
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TortureChild {
+    seq: u32,
+    index: u32,
+    seed: u64,
+    /// Recorded by `execute`, persisted with `executed = true`.
+    job: Option<Job>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Job {
+    started_at: DateTime<Utc>,
+    duration_ms: u64,
+    fails: bool,
+}
+
+/// splitmix64: a deterministic job per (seed, seq, index).
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+impl TortureChild {
+    fn job_plan(&self) -> (u64, bool) {
+        let h = mix(self.seed ^ mix(((self.seq as u64) << 32) | self.index as u64));
+        let duration_ms = 10 + h % 291; // 10..=300
+        let fails = (h >> 32).is_multiple_of(10); // about 10 %
+        (duration_ms, fails)
+    }
+}
+
+impl Command for TortureChild {
+    const COMMAND_TYPE: i32 = CHILD_TYPE;
+    /// The job's duration: the root sums them.
+    type Output = u64;
+
+    async fn execute(&mut self, _ctx: &CommandContext) -> Result<(), CommandError> {
+        jitter(30).await;
+        let (duration_ms, fails) = self.job_plan();
+        self.job = Some(Job {
+            started_at: Utc::now(),
+            duration_ms,
+            fails,
+        });
+        Ok(())
+    }
+
+    async fn poll(&mut self, _ctx: &CommandContext) -> Result<PollOutcome<u64>, CommandError> {
+        let Some(job) = &self.job else {
+            return Ok(PollOutcome::Failed("no job recorded".into()));
+        };
+        let elapsed = (Utc::now() - job.started_at).num_milliseconds();
+        Ok(if elapsed < job.duration_ms as i64 {
+            PollOutcome::Running
+        } else if job.fails {
+            PollOutcome::Failed(format!("job {}/{} failed", self.seq, self.index))
+        } else {
+            PollOutcome::Succeeded(job.duration_ms)
+        })
+    }
+
+    async fn end_successfully(
+        &mut self,
+        _: &u64,
+        ctx: &CommandContext,
+    ) -> Result<(), CommandError> {
+        write_effect(ctx, "succeeded", self.seq).await
+    }
+
+    async fn end_with_failure(
+        &mut self,
+        _: &str,
+        ctx: &CommandContext,
+    ) -> Result<(), CommandError> {
+        write_effect(ctx, "failed", self.seq).await
+    }
+}
+
+#[actix::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("torture_host: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let schema = SchemaName::new(args.schema.clone())?;
+    let config = DatabaseConfig::from_url(&args.database_url)?.with_schema(schema.clone());
+    let pool = config.create_pool()?;
+    migrate(&pool, &schema).await?;
+    EFFECTS_TABLE
+        .set(format!("{}.torture_effects", schema.quoted()))
+        .expect("set once");
+    let junk = prepare_tables(&pool, &schema).await?;
+    if junk > 0 {
+        println!("inserted {junk} pre-aged junk rows for cleanup");
+    }
+
+    let poll = Duration::from_millis(args.poll_ms);
+    let coordinator = Coordinator::builder(PgStore::new(pool.clone(), schema.clone()))
+        .register::<TortureRoot>()
+        .register::<TortureChild>()
+        .poll_interval(poll)
+        .max_poll_interval(poll * 4)
+        .end_retry_delay(poll)
+        .cleanup_interval(Duration::from_millis(300))
+        .start()
+        .await?;
+    println!(
+        "coordinator started after {} ms: {} commands rebuilt",
+        started.elapsed().as_millis(),
+        coordinator.live_count().await?
+    );
+
+    let table = format!("{}.command_entities", schema.quoted());
+    let existing: HashMap<u32, CommandId> = pool
+        .get()
+        .await?
+        .query(
+            &format!(
+                "SELECT (command_parameters::jsonb->>'seq')::int, command_id FROM {table} \
+                 WHERE command_type = $1"
+            ),
+            &[&ROOT_TYPE],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, i32>(0) as u32,
+                CommandId::from(r.get::<_, uuid::Uuid>(1)),
+            )
+        })
+        .collect();
+    println!(
+        "{} of {} roots already submitted",
+        existing.len(),
+        args.hierarchies
+    );
+
+    // At most `window` hierarchies in flight; each task submits (unless the
+    // root exists) and waits for its root.
+    let window = std::sync::Arc::new(tokio::sync::Semaphore::new(args.window as usize));
+    let ended = Rc::new(Cell::new(0u32));
+    let succeeded = Rc::new(Cell::new(0u32));
+    let errors: Rc<std::cell::RefCell<Vec<String>>> = Rc::default();
+    let mut tasks = Vec::with_capacity(args.hierarchies as usize);
+    let progress = actix::spawn(progress(ended.clone(), args.hierarchies));
+    for seq in 0..args.hierarchies {
+        if !errors.borrow().is_empty() {
+            break;
+        }
+        let permit = window.clone().acquire_owned().await?;
+        let coordinator = coordinator.clone();
+        let known = existing.get(&seq).copied();
+        let root = TortureRoot {
+            seq,
+            children: args.children,
+            seed: args.seed,
+        };
+        let (ended, succeeded, errors) = (ended.clone(), succeeded.clone(), errors.clone());
+        tasks.push(actix::spawn(async move {
+            let id = match known {
+                Some(id) => Ok(id),
+                None => coordinator.submit(root).await,
+            };
+            let outcome = match id {
+                Ok(id) => coordinator.wait_for(id).await,
+                Err(e) => Err(e),
+            };
+            drop(permit);
+            match outcome {
+                Ok(outcome) => {
+                    ended.set(ended.get() + 1);
+                    if outcome.succeeded() {
+                        succeeded.set(succeeded.get() + 1);
+                    }
+                }
+                Err(e) => errors.borrow_mut().push(format!("root {seq}: {e}")),
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    progress.abort();
+    if let Some(first) = errors.borrow().first() {
+        return Err(format!(
+            "{} roots did not end; first: {first}",
+            errors.borrow().len()
+        )
+        .into());
+    }
+    println!("ended {}/{} hierarchies", ended.get(), args.hierarchies);
+
+    // Cleanup's own timer removes the junk rows; wait for it, boundedly.
+    let deadline = Instant::now() + JUNK_WAIT;
+    loop {
+        let left: i64 = pool
+            .get()
+            .await?
+            .query_one(
+                &format!("SELECT count(*) FROM {table} WHERE command_type = $1"),
+                &[&JUNK_TYPE],
+            )
+            .await?
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("cleanup left {left} junk rows after {JUNK_WAIT:?}").into());
+        }
+        println!("waiting for cleanup: {left} junk rows left");
+        actix::clock::sleep(Duration::from_millis(200)).await;
+    }
+    coordinator.shutdown().await;
+    println!(
+        "ALL ENDED: {} hierarchies, {} succeeded, {} failed, run took {} ms",
+        ended.get(),
+        succeeded.get(),
+        ended.get() - succeeded.get(),
+        started.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+/// Creates the effects and marker tables; inserts the junk rows once per
+/// schema. Returns how many junk rows this call inserted.
+async fn prepare_tables(
+    pool: &Pool,
+    schema: &SchemaName,
+) -> Result<u64, Box<dyn std::error::Error>> {
+    let s = schema.quoted();
+    let mut client = pool.get().await?;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {s}.torture_effects \
+                 (command_id uuid NOT NULL, kind text NOT NULL, seq int NOT NULL); \
+             CREATE TABLE IF NOT EXISTS {s}.torture_meta (marker text PRIMARY KEY);"
+        ))
+        .await?;
+    let tx = client.transaction().await?;
+    let fresh = tx
+        .execute(
+            &format!(
+                "INSERT INTO {s}.torture_meta (marker) VALUES ('junk inserted') \
+                 ON CONFLICT DO NOTHING"
+            ),
+            &[],
+        )
+        .await?;
+    let mut inserted = 0;
+    if fresh == 1 {
+        inserted = tx
+            .execute(
+                &format!(
+                    "INSERT INTO {s}.command_entities (command_id, command_type, root_command_id, \
+                         parent_command_id, command_parameters, command_params_class, created_at, \
+                         updated_at, ended_at, status, callback_enabled, callback_notified, executed) \
+                     SELECT id, $1, id, NULL, '{{}}', 'torture::Junk', \
+                         now() - interval '30 days', now() - interval '30 days', \
+                         now() - interval '30 days', 'ENDED_SUCCESSFULLY', true, true, true \
+                     FROM (SELECT gen_random_uuid() AS id FROM generate_series(1, $2::bigint)) g"
+                ),
+                &[&JUNK_TYPE, &JUNK_ROWS],
+            )
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+/// A progress line whenever the count changed, at most every 500 ms.
+async fn progress(ended: Rc<Cell<u32>>, total: u32) {
+    let mut last = u32::MAX;
+    loop {
+        actix::clock::sleep(Duration::from_millis(500)).await;
+        let now = ended.get();
+        if now != last {
+            println!("ended {now}/{total} hierarchies");
+            last = now;
+        }
+    }
+}
