@@ -43,7 +43,7 @@ pub use command_coordinator_actors::{
 };
 pub use config::{ConfigError, DatabaseConfig, SchemaName};
 pub use migrate::{MigrationReport, migrate};
-pub use pg_store::PgStore;
+pub use pg_store::{PgStore, error_chain};
 pub use pg_transaction::PgTransaction;
 
 /// The pool and driver crates this library is built on, re-exported so that a

@@ -1067,8 +1067,9 @@ impl<E: std::error::Error + 'static> std::error::Error for Described<E> {
     }
 }
 
-/// An error and all its sources, joined with ": ".
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and all its sources, joined with ": " (a source whose text is
+/// already in the message is left out). For one-line error reports.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

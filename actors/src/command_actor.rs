@@ -293,10 +293,7 @@ impl<C: Command> CommandActor<C> {
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.busy = false;
             match result {
-                Ok(()) => {
-                    act.applied(update);
-                    act.advance(ctx);
-                }
+                Ok(()) => act.committed(ctx, update),
                 Err(e) => {
                     // The writer already retried an unreachable database; this is
                     // an error of this write alone. Try again later, keep the rest going.
@@ -310,6 +307,12 @@ impl<C: Command> CommandActor<C> {
                 }
             }
         }));
+    }
+
+    /// `update` is committed: reflect it and take the next step.
+    fn committed(&mut self, ctx: &mut Context<Self>, update: CommandUpdate) {
+        self.applied(update);
+        self.advance(ctx);
     }
 
     /// Reflects a committed update in memory and tells the coordinator.
@@ -809,10 +812,7 @@ impl<C: Command> CommandActor<C> {
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.busy = false;
             match result {
-                Ok(()) => {
-                    act.applied(update);
-                    act.advance(ctx);
-                }
+                Ok(()) => act.committed(ctx, update),
                 Err(e) => {
                     warn!(command_id = %act.id(), error = %e, "commit of the end transaction failed; checking the row");
                     act.verify_end_commit(ctx, update, cctx, e.to_string(), e.is_transient());
@@ -837,8 +837,7 @@ impl<C: Command> CommandActor<C> {
                 act.busy = false;
                 match row {
                     Ok(Some(row)) if row.status.is_ended() && row.callback_notified => {
-                        act.applied(update);
-                        act.advance(ctx);
+                        act.committed(ctx, update)
                     }
                     Ok(_) => {
                         let command = match act.take_command() {

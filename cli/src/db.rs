@@ -48,19 +48,7 @@ fn one_line(text: &str) -> String {
 }
 
 /// An error and its sources, joined with ": " (repeats left out).
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let next = e.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = e.source();
-    }
-    text
-}
+pub use command_coordinator::error_chain as chain;
 
 /// The database of one CLI run: the library's store plus plain queries.
 pub struct Db {
