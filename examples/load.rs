@@ -645,6 +645,14 @@ async fn flat(bench: &Bench, commands: usize) -> Result<Report, BoxError> {
 /// parent's evaluation. Also reports lifecycles/s over all `P × (C + 1)`
 /// commands.
 async fn tree(bench: &Bench, parents: usize, children: u32) -> Result<Report, BoxError> {
+    // The runtime's own histogram of the push path: a child's end committed →
+    // its parent handling it. (This binary runs one mode per process, so the
+    // global recorder is this mode's alone.)
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .map_err(|e| format!("metrics recorder: {e}"))?;
     let coordinator = bench.within("start", bench.builder().start()).await??;
     warm_up(bench, &coordinator).await?;
     DECISION_US.lock().unwrap().reset();
@@ -689,9 +697,31 @@ async fn tree(bench: &Bench, parents: usize, children: u32) -> Result<Report, Bo
         hist.max(),
         hist.len()
     ));
+    // Push latency: every child's end (committed) → its parent handling it,
+    // from the runtime's `child_to_parent_seconds` histogram.
+    let mut push = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        if key.key().name() == command_coordinator::actors::metrics::CHILD_TO_PARENT_SECONDS
+            && let metrics_util::debugging::DebugValue::Histogram(values) = value
+        {
+            for seconds in values {
+                push.saturating_record(((seconds.into_inner() * 1e6) as u64).max(1));
+            }
+        }
+    }
+    bench.say(format!(
+        "child end committed → parent handles it (push): p50 {} µs, p99 {} µs, max {} µs ({} children)",
+        push.value_at_quantile(0.5),
+        push.value_at_quantile(0.99),
+        push.max(),
+        push.len()
+    ));
     let mut report = Report::default();
     report.set("parents", parents);
     report.set("children", children);
+    report.set("push_p50_us", push.value_at_quantile(0.5));
+    report.set("push_p99_us", push.value_at_quantile(0.99));
+    report.set("push_max_us", push.max());
     report.set("seconds", round3(elapsed.as_secs_f64()));
     report.set("failed_parents", failed);
     report.set("lifecycles_per_s", round_to(rate, 0));

@@ -73,12 +73,14 @@ impl Statements {
         let t = format!("{}.command_entities", schema.quoted());
         // Roots of hierarchies that cleanup may take for cutoff $1: a hierarchy
         // goes only as a whole, and only when its root and every row under it
-        // ended before the cutoff. A NULL or unknown status counts as not ended.
+        // ended before the cutoff. A NULL or unknown status counts as not
+        // ended. A root's end time is `ended_at`, which every write of an
+        // ENDED_* status sets; the index on it is what keeps this cheap.
         let expired = format!(
             "SELECT r.command_id FROM {t} r \
              WHERE r.parent_command_id IS NULL \
+               AND r.ended_at IS NOT NULL AND r.ended_at < $1 \
                AND r.status IN {ENDED} \
-               AND coalesce(r.ended_at, r.updated_at) < $1 \
                AND NOT EXISTS ( \
                  SELECT 1 FROM {t} c \
                  WHERE (c.root_command_id = r.command_id \
@@ -202,7 +204,7 @@ impl Statements {
             // counts as not ended.
             remove_before: format!(
                 "WITH doomed AS ({expired} \
-                   ORDER BY coalesce(r.ended_at, r.updated_at) \
+                   ORDER BY r.ended_at \
                    LIMIT $2 \
                    FOR UPDATE SKIP LOCKED \
                  ) \

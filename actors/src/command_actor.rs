@@ -33,7 +33,7 @@ use crate::command::{
     ChildExecution, ChildView, Command, CommandContext, CommandError, InterruptedExecute,
     PollOutcome,
 };
-use crate::coordinator::{ChildStart, Coordinator, StatusChanged};
+use crate::coordinator::{ChildStart, Coordinator};
 use crate::messages::{Cancel, ChildCompleted, EndAction, Finished, Inspect, Inspection, Poll};
 use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
 use crate::panic::CatchUnwind;
@@ -63,14 +63,17 @@ pub(crate) struct ActorSetup {
     pub(crate) children: Vec<ChildView>,
     /// Cancellation was requested before the actor existed.
     pub(crate) cancelled: bool,
+    /// The committed status, shared with the coordinator's live table.
+    pub(crate) status: Rc<std::cell::Cell<CommandStatus>>,
 }
 
-impl From<StartKind> for ActorSetup {
-    fn from(start: StartKind) -> Self {
+impl ActorSetup {
+    pub(crate) fn new(start: StartKind, status: CommandStatus) -> Self {
         Self {
             start,
             children: Vec::new(),
             cancelled: false,
+            status: Rc::new(std::cell::Cell::new(status)),
         }
     }
 }
@@ -124,6 +127,8 @@ pub(crate) struct CommandActor<C: Command> {
     /// Rebuilt from its row since its status was last committed: an end
     /// method may have run in a previous process.
     resumed: bool,
+    /// The committed status, shared with the coordinator.
+    status: Rc<std::cell::Cell<CommandStatus>>,
     /// Cancellation was requested; shared with every context so running
     /// command code can see it.
     cancelled: Rc<std::cell::Cell<bool>>,
@@ -148,6 +153,7 @@ impl<C: Command> CommandActor<C> {
             start,
             children,
             cancelled,
+            status,
         } = setup;
         let span = info_span!(
             "command",
@@ -175,6 +181,7 @@ impl<C: Command> CommandActor<C> {
             reload: false,
             resumed,
             cancelled: Rc::new(std::cell::Cell::new(cancelled)),
+            status,
             last_panic: None,
             end_waits_for_children: false,
             finished: false,
@@ -330,10 +337,11 @@ impl<C: Command> CommandActor<C> {
             if status.is_ended() && self.row.ended_at.is_none() {
                 self.row.ended_at = Some(now);
             }
-            self.coordinator.status_changed(StatusChanged {
-                id: self.id(),
-                status,
-            });
+            // Shared with the coordinator (same arbiter, same thread): its
+            // `status()` answers from memory without a message per change.
+            let previous = self.status.replace(status);
+            metrics::gauge!(crate::metrics::COMMANDS, "status" => previous.as_str()).decrement(1.0);
+            metrics::gauge!(crate::metrics::COMMANDS, "status" => status.as_str()).increment(1.0);
         }
         if let Some(executed) = update.executed {
             self.row.executed = executed;

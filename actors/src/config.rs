@@ -27,8 +27,11 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(3600);
 /// Hierarchies removed per cleanup statement.
 pub const DEFAULT_CLEANUP_BATCH: u32 = 1_000;
-/// Pause between cleanup batches, so cleanup never hogs the database.
-pub const DEFAULT_CLEANUP_PAUSE: Duration = Duration::from_millis(50);
+/// Pause between cleanup batches, so that cleanup yields to the rest of the
+/// work on the database between statements without stretching a large
+/// backlog over minutes (50 ms after every 1,000 rows capped cleanup at
+/// ~13,000 rows/s).
+pub const DEFAULT_CLEANUP_PAUSE: Duration = Duration::from_millis(2);
 
 /// How often a host looks for cancellations requested through the database
 /// (by the CLI or another process); `Coordinator::cancel` acts at once.

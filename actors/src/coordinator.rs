@@ -333,10 +333,6 @@ impl Coordinator {
         &self.shared.store
     }
 
-    pub(crate) fn status_changed(&self, msg: StatusChanged) {
-        self.shared.addr.do_send(msg);
-    }
-
     pub(crate) fn finished(&self, msg: Finished) {
         self.shared.addr.do_send(FinishedMsg(msg));
     }
@@ -553,7 +549,8 @@ impl CoordinatorBuilder {
 struct LiveCommand {
     addr: LiveAddr,
     parent: Option<CommandId>,
-    status: CommandStatus,
+    /// The committed status, written by the command's actor.
+    status: std::rc::Rc<std::cell::Cell<CommandStatus>>,
 }
 
 /// A live command as answered to a lookup.
@@ -606,7 +603,8 @@ impl CoordinatorActor {
     }
 
     fn spawn(&mut self, entity: CommandEntity, start: StartKind) {
-        self.spawn_with(entity, start.into());
+        let setup = ActorSetup::new(start, entity.status);
+        self.spawn_with(entity, setup);
     }
 
     fn spawn_with(&mut self, entity: CommandEntity, setup: ActorSetup) {
@@ -624,6 +622,7 @@ impl CoordinatorActor {
                 "command type is not registered: row left as it is, isolated (register the type and restart)");
             return;
         };
+        let shared_status = setup.status.clone();
         match factory.spawn(entity, setup, self.handle.clone()) {
             Ok(addr) => {
                 self.live.insert(
@@ -631,7 +630,7 @@ impl CoordinatorActor {
                     LiveCommand {
                         addr,
                         parent,
-                        status,
+                        status: shared_status,
                     },
                 );
                 metrics::gauge!(crate::metrics::COMMANDS, "status" => status.as_str())
@@ -738,11 +737,9 @@ impl Handler<Rehydrate> for CoordinatorActor {
             if is_parked {
                 self.parked.insert(entity.id, entity);
             } else {
-                let setup = ActorSetup {
-                    start: StartKind::Rehydrated,
-                    children: children_of.remove(&entity.id).unwrap_or_default(),
-                    cancelled: cancel_requested.contains(&entity.id),
-                };
+                let mut setup = ActorSetup::new(StartKind::Rehydrated, entity.status);
+                setup.children = children_of.remove(&entity.id).unwrap_or_default();
+                setup.cancelled = cancel_requested.contains(&entity.id);
                 self.spawn_with(entity, setup);
             }
         }
@@ -794,28 +791,6 @@ fn parent_cycles(entities: &[CommandEntity]) -> std::collections::HashSet<Comman
     cyclic
 }
 
-/// A live command's status changed (committed).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct StatusChanged {
-    pub(crate) id: CommandId,
-    pub(crate) status: CommandStatus,
-}
-
-impl Handler<StatusChanged> for CoordinatorActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: StatusChanged, _: &mut Self::Context) {
-        if let Some(live) = self.live.get_mut(&msg.id) {
-            metrics::gauge!(crate::metrics::COMMANDS, "status" => live.status.as_str())
-                .decrement(1.0);
-            metrics::gauge!(crate::metrics::COMMANDS, "status" => msg.status.as_str())
-                .increment(1.0);
-            live.status = msg.status;
-        }
-    }
-}
-
 /// A serial parent starts (or skips) one of its parked children.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -856,7 +831,8 @@ impl Handler<FinishedMsg> for CoordinatorActor {
         let live = self.live.remove(&id);
         self.cancelled.remove(&id);
         if let Some(l) = &live {
-            metrics::gauge!(crate::metrics::COMMANDS, "status" => l.status.as_str()).decrement(1.0);
+            metrics::gauge!(crate::metrics::COMMANDS, "status" => l.status.get().as_str())
+                .decrement(1.0);
         }
         metrics::gauge!(crate::metrics::LIVE_COMMANDS).set(self.live.len() as f64);
         let parent = live.and_then(|l| l.parent).or(finished.parent_id);
@@ -960,7 +936,7 @@ impl Handler<Lookup> for CoordinatorActor {
 
     fn handle(&mut self, Lookup(id): Lookup, _: &mut Self::Context) -> Option<LiveView> {
         self.live.get(&id).map(|l| LiveView {
-            status: l.status,
+            status: l.status.get(),
             inspect: l.addr.inspect.clone(),
         })
     }

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::model::CommandId;
@@ -31,6 +31,10 @@ use crate::store::{CommandStore, StoreError, StoreErrorKind, StoreOp, Transition
 
 /// Default upper bound of transitions per transaction (River uses 5,000).
 pub const DEFAULT_MAX_BATCH: usize = 5_000;
+/// Default number of batches committing at once, each on its own connection.
+/// Two keeps PostgreSQL busy while the next batch is gathered; more only
+/// adds contention on a small machine.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 2;
 /// Default queue length before senders wait (backpressure).
 pub const DEFAULT_QUEUE_CAPACITY: usize = 50_000;
 /// First pause after the database was unreachable.
@@ -42,6 +46,7 @@ pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct WriterConfig {
     pub max_batch: usize,
+    pub max_in_flight: usize,
     pub queue_capacity: usize,
     pub retry_min: Duration,
     pub retry_max: Duration,
@@ -51,6 +56,7 @@ impl Default for WriterConfig {
     fn default() -> Self {
         Self {
             max_batch: DEFAULT_MAX_BATCH,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             retry_min: DEFAULT_RETRY_MIN,
             retry_max: DEFAULT_RETRY_MAX,
@@ -115,26 +121,51 @@ type Ack = oneshot::Sender<Result<(), StoreError>>;
 type Pending = (Transition, Vec<Ack>);
 
 async fn run(store: Arc<dyn CommandStore>, config: WriterConfig, mut rx: mpsc::Receiver<Request>) {
-    // Updates kept while the database is unreachable, retried with the next batch.
+    // Up to `lanes` batches commit at once, each on its own connection, so
+    // that the database works on one batch while the next is being gathered
+    // and sent (one batch in flight made the two sides take turns). An actor
+    // never has two transitions in flight, so concurrent batches never touch
+    // the same command.
+    let lanes = config.max_in_flight.max(1);
+    let slots = Arc::new(Semaphore::new(lanes));
+    // Updates that a batch could not commit because the database was
+    // unreachable come back here.
+    let (kept_tx, mut kept_rx) = mpsc::unbounded_channel::<Vec<Pending>>();
     let mut retry: Vec<Pending> = Vec::new();
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     let mut delay = config.retry_min;
     let mut open = true;
     loop {
-        let mut items: Vec<Pending> = std::mem::take(&mut retry);
-        // Wait for work (unless there is some to retry), then take whatever
-        // else is queued, up to a batch.
-        if items.is_empty() && open {
-            match rx.recv().await {
-                Some(request) => accept(request, &mut items, &mut flushes),
-                None => open = false,
+        while let Ok(kept) = kept_rx.try_recv() {
+            retry.extend(kept);
+        }
+        let mut items: Vec<Pending> = Vec::new();
+        if retry.is_empty() {
+            // Wait for work (or for a batch to report an outage).
+            if open {
+                tokio::select! {
+                    request = rx.recv() => match request {
+                        Some(request) => accept(request, &mut items, &mut flushes),
+                        None => open = false,
+                    },
+                    Some(kept) = kept_rx.recv() => retry.extend(kept),
+                }
+            }
+            if items.is_empty() && retry.is_empty() && flushes.is_empty() {
+                if !open {
+                    wait_for_lanes(&slots, lanes).await;
+                    while let Ok(kept) = kept_rx.try_recv() {
+                        retry.extend(kept);
+                    }
+                    if retry.is_empty() {
+                        debug!("store writer: all senders gone, stopping");
+                        return;
+                    }
+                }
+                continue;
             }
         }
-        if items.is_empty() && !open {
-            debug!("store writer: all senders gone, stopping");
-            resolve(&mut flushes);
-            return;
-        }
+        // Take whatever else is queued, up to a batch.
         while open && items.len() < config.max_batch {
             match rx.try_recv() {
                 Ok(request) => accept(request, &mut items, &mut flushes),
@@ -142,17 +173,55 @@ async fn run(store: Arc<dyn CommandStore>, config: WriterConfig, mut rx: mpsc::R
                 Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
-        if !items.is_empty() {
-            retry = try_commit(&*store, coalesce(items)).await;
+        if retry.is_empty() {
+            if !items.is_empty() {
+                // Waiting for a free lane is the backpressure: meanwhile the
+                // queue fills and the next batch grows.
+                let lane = slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                let store = store.clone();
+                let kept_tx = kept_tx.clone();
+                let batch = coalesce(std::mem::take(&mut items));
+                actix::spawn(async move {
+                    let kept = try_commit(&*store, batch).await;
+                    if !kept.is_empty() {
+                        let _ = kept_tx.send(kept);
+                    }
+                    drop(lane);
+                });
+            }
+            if !flushes.is_empty() {
+                wait_for_lanes(&slots, lanes).await;
+                while let Ok(kept) = kept_rx.try_recv() {
+                    retry.extend(kept);
+                }
+                if retry.is_empty() {
+                    resolve(&mut flushes);
+                }
+            }
+            if retry.is_empty() {
+                continue;
+            }
         }
+        // The database was unreachable: one batch at a time from here until a
+        // commit succeeds, older changes first so that later ones win.
+        wait_for_lanes(&slots, lanes).await;
+        while let Ok(kept) = kept_rx.try_recv() {
+            retry.extend(kept);
+        }
+        let mut all = std::mem::take(&mut retry);
+        all.extend(items);
+        retry = try_commit(&*store, coalesce(all)).await;
         if retry.is_empty() {
             delay = config.retry_min;
             resolve(&mut flushes);
             continue;
         }
-        // The database is unreachable. Wait before retrying, but keep serving
-        // the queue meanwhile: a submit must learn of the outage at once
-        // rather than wait for the database to come back.
+        // Wait before retrying, but keep serving the queue meanwhile: a submit
+        // must learn of the outage at once rather than wait for the database.
         metrics::counter!(crate::metrics::WRITE_RETRIES).increment(1);
         warn!(pending = retry.len(), retry_in = ?delay,
             "database unavailable; status changes kept and retried");
@@ -174,6 +243,15 @@ async fn run(store: Arc<dyn CommandStore>, config: WriterConfig, mut rx: mpsc::R
         }
         delay = (delay * 2).min(config.retry_max);
     }
+}
+
+/// Waits until no batch is in flight.
+async fn wait_for_lanes(slots: &Semaphore, lanes: usize) {
+    let all = slots
+        .acquire_many(lanes as u32)
+        .await
+        .expect("the semaphore is never closed");
+    drop(all);
 }
 
 fn accept(request: Request, items: &mut Vec<Pending>, flushes: &mut Vec<oneshot::Sender<()>>) {
