@@ -118,7 +118,11 @@ async fn several_processes_migrating_at_once_all_succeed_and_apply_once() {
         if !report.applied.is_empty() {
             assert_eq!(
                 report.applied,
-                ["V1__command_entities", "V2__cancellation", "V3__hot_updates"]
+                [
+                    "V1__command_entities",
+                    "V2__cancellation",
+                    "V3__hot_updates"
+                ]
             );
             applied_by += 1;
         }

@@ -78,23 +78,30 @@ impl ActorSetup {
     }
 }
 
-/// The addresses the coordinator keeps for a live command. Holding them keeps
-/// the actor's mailbox connected, which is what lets its `Supervisor` restart
-/// it; dropping them (when the command finished) lets it stop.
-#[derive(Clone)]
-pub(crate) struct LiveAddr {
-    pub(crate) child_completed: Recipient<ChildCompleted>,
-    pub(crate) inspect: Recipient<Inspect>,
-    pub(crate) cancel: Recipient<Cancel>,
+/// What the coordinator keeps of a live command: its address, typed inside,
+/// used through this small interface. Holding it keeps the actor's mailbox
+/// connected, which is what lets its `Supervisor` restart it; dropping it
+/// (when the command finished) lets it stop. One boxed address per command
+/// (rather than a `Recipient` per message type) keeps live commands small.
+pub(crate) trait LiveHandle {
+    fn child_completed(&self, msg: ChildCompleted);
+    fn cancel(&self);
+    fn inspector(&self) -> Recipient<Inspect>;
 }
 
-impl LiveAddr {
-    pub(crate) fn new<C: Command>(addr: Addr<CommandActor<C>>) -> Self {
-        Self {
-            child_completed: addr.clone().recipient(),
-            inspect: addr.clone().recipient(),
-            cancel: addr.recipient(),
-        }
+pub(crate) type LiveAddr = Box<dyn LiveHandle>;
+
+impl<C: Command> LiveHandle for Addr<CommandActor<C>> {
+    fn child_completed(&self, msg: ChildCompleted) {
+        self.do_send(msg);
+    }
+
+    fn cancel(&self) {
+        self.do_send(Cancel);
+    }
+
+    fn inspector(&self) -> Recipient<Inspect> {
+        self.clone().recipient()
     }
 }
 
@@ -457,9 +464,8 @@ impl<C: Command> CommandActor<C> {
             if let Err(panic) = result {
                 // The hook is informational; a panic in it does not undo execute.
                 error!(command_id = %act.id(), panic = %panic, "on_executed panicked; ignored");
-            } else {
-                act.command = Some(command);
             }
+            act.command = Some(command);
             // First look right away: quick commands finish without waiting a poll interval.
             act.advance(ctx);
         }));

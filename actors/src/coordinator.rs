@@ -28,7 +28,7 @@ use crate::cleanup::{CleanupActor, RunCleanup};
 use crate::command::{ChildView, Command};
 use crate::command_actor::{ActorSetup, LiveAddr, StartKind};
 use crate::config::{OnRootEnd, RuntimeConfig};
-use crate::messages::{Cancel, ChildCompleted, Finished, Inspect};
+use crate::messages::{ChildCompleted, Finished, Inspect};
 use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
 use crate::registry::Registry;
 use crate::store::{BadRow, CancelOutcome, CommandStore, StoreError, Transition};
@@ -595,7 +595,7 @@ impl CoordinatorActor {
                 StartKind::Skip(crate::command_actor::CANCELLED.to_owned()),
             );
         } else if let Some(live) = self.live.get(&id) {
-            live.addr.cancel.do_send(Cancel);
+            live.addr.cancel();
         } else {
             // Not here (yet): forget it, so a later check can deliver it.
             self.cancelled.remove(&id);
@@ -839,7 +839,7 @@ impl Handler<FinishedMsg> for CoordinatorActor {
         match parent {
             Some(parent) => match self.live.get(&parent) {
                 Some(p) => {
-                    p.addr.child_completed.do_send(ChildCompleted {
+                    p.addr.child_completed(ChildCompleted {
                         ended: Some(finished.ended),
                         child: id,
                         command_type: finished.command_type,
@@ -937,7 +937,7 @@ impl Handler<Lookup> for CoordinatorActor {
     fn handle(&mut self, Lookup(id): Lookup, _: &mut Self::Context) -> Option<LiveView> {
         self.live.get(&id).map(|l| LiveView {
             status: l.status.get(),
-            inspect: l.addr.inspect.clone(),
+            inspect: l.addr.inspector(),
         })
     }
 }

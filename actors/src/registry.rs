@@ -54,7 +54,7 @@ impl<C: Command> Factory for TypedFactory<C> {
         })?;
         let actor = CommandActor::new(command, entity, setup, coordinator);
         let addr = Supervisor::start(move |_| actor);
-        Ok(LiveAddr::new(addr))
+        Ok(Box::new(addr))
     }
 }
 
