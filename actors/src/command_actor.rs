@@ -56,7 +56,6 @@ pub(crate) enum StartKind {
 }
 
 /// Everything an actor starts with besides its row and command value.
-#[derive(Debug)]
 pub(crate) struct ActorSetup {
     pub(crate) start: StartKind,
     /// The children's rows, for a command rebuilt at start-up.
@@ -65,6 +64,9 @@ pub(crate) struct ActorSetup {
     pub(crate) cancelled: bool,
     /// The committed status, shared with the coordinator's live table.
     pub(crate) status: Rc<std::cell::Cell<CommandStatus>>,
+    /// The parent's address, when it is live here: the child tells it of its
+    /// end directly, one mailbox hop instead of two.
+    pub(crate) parent: Option<LiveAddr>,
 }
 
 impl ActorSetup {
@@ -74,6 +76,7 @@ impl ActorSetup {
             children: Vec::new(),
             cancelled: false,
             status: Rc::new(std::cell::Cell::new(status)),
+            parent: None,
         }
     }
 }
@@ -87,6 +90,7 @@ pub(crate) trait LiveHandle {
     fn child_completed(&self, msg: ChildCompleted);
     fn cancel(&self);
     fn inspector(&self) -> Recipient<Inspect>;
+    fn clone_handle(&self) -> LiveAddr;
 }
 
 pub(crate) type LiveAddr = Box<dyn LiveHandle>;
@@ -102,6 +106,10 @@ impl<C: Command> LiveHandle for Addr<CommandActor<C>> {
 
     fn inspector(&self) -> Recipient<Inspect> {
         self.clone().recipient()
+    }
+
+    fn clone_handle(&self) -> LiveAddr {
+        Box::new(self.clone())
     }
 }
 
@@ -136,6 +144,8 @@ pub(crate) struct CommandActor<C: Command> {
     resumed: bool,
     /// The committed status, shared with the coordinator.
     status: Rc<std::cell::Cell<CommandStatus>>,
+    /// The parent's address when it was live at spawn time.
+    parent: Option<LiveAddr>,
     /// Cancellation was requested; shared with every context so running
     /// command code can see it.
     cancelled: Rc<std::cell::Cell<bool>>,
@@ -161,6 +171,7 @@ impl<C: Command> CommandActor<C> {
             children,
             cancelled,
             status,
+            parent,
         } = setup;
         let span = info_span!(
             "command",
@@ -189,6 +200,7 @@ impl<C: Command> CommandActor<C> {
             resumed,
             cancelled: Rc::new(std::cell::Cell::new(cancelled)),
             status,
+            parent,
             last_panic: None,
             end_waits_for_children: false,
             finished: false,
@@ -997,8 +1009,25 @@ impl<C: Command> CommandActor<C> {
         }
         self.finished = true;
         debug!(command_id = %self.id(), status = %self.row.status, "command finished");
+        let ended = std::time::Instant::now();
+        // Push to the parent first: this is the path its decision waits on.
+        let parent_told = match self.parent.take() {
+            Some(parent) => {
+                parent.child_completed(ChildCompleted {
+                    ended: Some(ended),
+                    child: self.id(),
+                    command_type: self.row.command_type,
+                    status: self.row.status,
+                    output: self.row.return_value.clone(),
+                    failure_reason: self.row.failure_reason.clone(),
+                });
+                true
+            }
+            None => false,
+        };
         self.coordinator.finished(Finished {
-            ended: std::time::Instant::now(),
+            ended,
+            parent_told,
             id: self.id(),
             parent_id: self.row.parent_id,
             command_type: self.row.command_type,

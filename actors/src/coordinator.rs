@@ -623,6 +623,12 @@ impl CoordinatorActor {
             return;
         };
         let shared_status = setup.status.clone();
+        let mut setup = setup;
+        if setup.parent.is_none()
+            && let Some(p) = parent.and_then(|p| self.live.get(&p))
+        {
+            setup.parent = Some(p.addr.clone_handle());
+        }
         match factory.spawn(entity, setup, self.handle.clone()) {
             Ok(addr) => {
                 self.live.insert(
@@ -837,6 +843,7 @@ impl Handler<FinishedMsg> for CoordinatorActor {
         metrics::gauge!(crate::metrics::LIVE_COMMANDS).set(self.live.len() as f64);
         let parent = live.and_then(|l| l.parent).or(finished.parent_id);
         match parent {
+            Some(_) if finished.parent_told => {}
             Some(parent) => match self.live.get(&parent) {
                 Some(p) => {
                     p.addr.child_completed(ChildCompleted {

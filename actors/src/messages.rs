@@ -55,6 +55,8 @@ pub struct Inspection {
 pub struct Finished {
     /// When the end was committed, in this process.
     pub ended: std::time::Instant,
+    /// The child already told its parent directly.
+    pub parent_told: bool,
     pub id: CommandId,
     pub parent_id: Option<CommandId>,
     pub command_type: i32,
