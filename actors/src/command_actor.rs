@@ -913,40 +913,32 @@ impl<C: Command> CommandActor<C> {
         ctx.stop();
     }
 
-    /// Reloads the row (after a restart) and the children (after a restart
-    /// or when rebuilt at start-up), then advances.
-    fn load_and_advance(&mut self, ctx: &mut Context<Self>, reload_row: bool) {
+    /// After a restart: reloads the row and the children from the store,
+    /// then advances. (Commands rebuilt at start-up get their children from
+    /// the bulk load instead.)
+    fn reload(&mut self, ctx: &mut Context<Self>) {
         self.busy = true;
         let store = self.coordinator.store().clone();
         let id = self.id();
-        let fut = async move {
-            let row = if reload_row {
-                Some(store.get(id).await)
-            } else {
-                None
-            };
-            let children = store.children(id).await;
-            (row, children)
-        };
+        let fut = async move { (store.get(id).await, store.children(id).await) };
         ctx.spawn(fut.into_actor(self).map(move |(row, children), act, ctx| {
             act.busy = false;
             match row {
-                Some(Ok(Some(row))) => {
+                Ok(Some(row)) => {
                     act.command = row.parameters.decode().ok();
                     act.row = row;
                 }
-                Some(Ok(None)) => {
+                Ok(None) => {
                     warn!(command_id = %id, "row vanished while the command was live; stopping it");
                     act.finished = true;
                     return;
                 }
-                Some(Err(e)) => {
+                Err(e) => {
                     error!(command_id = %id, error = %e, "cannot reload the command; retrying");
                     let delay = act.coordinator.config().max_poll_interval;
-                    ctx.run_later(delay, move |act, ctx| act.load_and_advance(ctx, true));
+                    ctx.run_later(delay, move |act, ctx| act.reload(ctx));
                     return;
                 }
-                None => {}
             }
             match children {
                 Ok(loaded) => {
@@ -967,7 +959,7 @@ impl<C: Command> CommandActor<C> {
                 Err(e) => {
                     error!(command_id = %id, error = %e, "cannot load the children; retrying");
                     let delay = act.coordinator.config().max_poll_interval;
-                    ctx.run_later(delay, move |act, ctx| act.load_and_advance(ctx, reload_row));
+                    ctx.run_later(delay, move |act, ctx| act.reload(ctx));
                     return;
                 }
             }
@@ -1075,7 +1067,7 @@ impl<C: Command> Actor for CommandActor<C> {
         if self.reload {
             self.reload = false;
             self.resumed = true;
-            self.load_and_advance(ctx, true);
+            self.reload(ctx);
         } else {
             // A rebuilt command got its children's rows with the bulk load at
             // start-up: no query of its own.
