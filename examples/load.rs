@@ -100,6 +100,9 @@ struct Common {
     /// Keep the benchmark's schema on an external database (it is dropped by default).
     #[arg(long, global = true)]
     keep_schema: bool,
+    /// Writer batches committing at once (`WriterConfig::max_in_flight`).
+    #[arg(long, global = true, default_value_t = command_coordinator::actors::writer::DEFAULT_MAX_IN_FLIGHT)]
+    writer_lanes: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -315,6 +318,7 @@ struct Bench {
     terminal: bool,
     deadline: tokio::time::Instant,
     timeout: Duration,
+    writer_lanes: usize,
 }
 
 impl Bench {
@@ -325,10 +329,18 @@ impl Bench {
     /// A coordinator builder over this mode's schema with every bench type.
     fn builder(&self) -> CoordinatorBuilder {
         Coordinator::builder(self.store())
+            .config(self.config())
             .register::<Noop>()
             .register::<TreeParent>()
             .register::<TreeChild>()
             .register::<Probe>()
+    }
+
+    /// The library's defaults, with the writer lanes of `--writer-lanes`.
+    fn config(&self) -> RuntimeConfig {
+        let mut config = RuntimeConfig::default();
+        config.writer.max_in_flight = self.writer_lanes;
+        config
     }
 
     fn table(&self) -> String {
@@ -497,6 +509,7 @@ async fn run(
         terminal: std::io::stdout().is_terminal(),
         deadline: tokio::time::Instant::now() + timeout,
         timeout,
+        writer_lanes: common.writer_lanes,
     };
     bench.say(format!(
         "load {}: schema {}, {} database",
@@ -1005,7 +1018,7 @@ async fn cleanup(
     let pause_ms = cleanup.pause.as_millis() as u64;
     let config = RuntimeConfig {
         cleanup,
-        ..RuntimeConfig::default()
+        ..bench.config()
     };
     let coordinator = bench
         .within("start", bench.builder().config(config).start())

@@ -38,6 +38,7 @@ use crate::messages::{Cancel, ChildCompleted, EndAction, Finished, Inspect, Insp
 use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
 use crate::panic::CatchUnwind;
 use crate::store::{CommandUpdate, EndTransaction, Transition};
+use crate::writer::OnCommit;
 
 /// The failure reason of a cancelled command.
 pub(crate) const CANCELLED: &str = "cancelled";
@@ -86,14 +87,14 @@ impl ActorSetup {
 /// connected, which is what lets its `Supervisor` restart it; dropping it
 /// (when the command finished) lets it stop. One boxed address per command
 /// (rather than a `Recipient` per message type) keeps live commands small.
-pub(crate) trait LiveHandle {
+pub(crate) trait LiveHandle: Send {
     fn child_completed(&self, msg: ChildCompleted);
     fn cancel(&self);
     fn inspector(&self) -> Recipient<Inspect>;
     fn clone_handle(&self) -> LiveAddr;
 }
 
-pub(crate) type LiveAddr = Box<dyn LiveHandle>;
+pub(crate) type LiveAddr = Box<dyn LiveHandle + Send>;
 
 impl<C: Command> LiveHandle for Addr<CommandActor<C>> {
     fn child_completed(&self, msg: ChildCompleted) {
@@ -146,6 +147,9 @@ pub(crate) struct CommandActor<C: Command> {
     status: Rc<std::cell::Cell<CommandStatus>>,
     /// The parent's address when it was live at spawn time.
     parent: Option<LiveAddr>,
+    /// The writer already told the parent of this command's end, right
+    /// after the commit.
+    parent_told: bool,
     /// Cancellation was requested; shared with every context so running
     /// command code can see it.
     cancelled: Rc<std::cell::Cell<bool>>,
@@ -201,6 +205,7 @@ impl<C: Command> CommandActor<C> {
             cancelled: Rc::new(std::cell::Cell::new(cancelled)),
             status,
             parent,
+            parent_told: false,
             last_panic: None,
             end_waits_for_children: false,
             finished: false,
@@ -315,11 +320,20 @@ impl<C: Command> CommandActor<C> {
         self.busy = true;
         let writer = self.coordinator.writer().clone();
         let transition = Transition::Update(update.clone());
-        let fut = async move { writer.write(transition).await }.instrument(self.span.clone());
+        let on_commit = self.end_notice(&update);
+        let tells_parent = on_commit.is_some();
+        let fut = async move { writer.write_then(transition, on_commit).await }
+            .instrument(self.span.clone());
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.busy = false;
             match result {
-                Ok(()) => act.committed(ctx, update),
+                Ok(()) => {
+                    if tells_parent {
+                        act.parent = None;
+                        act.parent_told = true;
+                    }
+                    act.committed(ctx, update)
+                }
                 Err(e) => {
                     // The writer already retried an unreachable database; this is
                     // an error of this write alone. Try again later, keep the rest going.
@@ -333,6 +347,39 @@ impl<C: Command> CommandActor<C> {
                 }
             }
         }));
+    }
+
+    /// When `update` ends this command and its parent is live here: the
+    /// message that tells the parent, sent by the writer the moment the
+    /// update commits. Sent from there, it does not wait behind the wake-ups
+    /// of the rest of the batch (this actor's among them): the parent's
+    /// decision is what a tree's latency is made of.
+    fn end_notice(&self, update: &CommandUpdate) -> Option<OnCommit> {
+        let parent = self.parent.as_ref()?;
+        let status = update.status.unwrap_or(self.row.status);
+        let notified = update.notified.unwrap_or(self.row.callback_notified);
+        if !(status.is_ended() && notified) {
+            return None;
+        }
+        let parent = parent.clone_handle();
+        let mut msg = ChildCompleted {
+            ended: None,
+            child: self.id(),
+            command_type: self.row.command_type,
+            status,
+            output: update
+                .return_value
+                .clone()
+                .or_else(|| self.row.return_value.clone()),
+            failure_reason: update
+                .failure_reason
+                .clone()
+                .or_else(|| self.row.failure_reason.clone()),
+        };
+        Some(Box::new(move || {
+            msg.ended = Some(std::time::Instant::now());
+            parent.child_completed(msg);
+        }))
     }
 
     /// `update` is committed: reflect it and take the next step.
@@ -507,9 +554,6 @@ impl<C: Command> CommandActor<C> {
             return;
         }
         self.reevaluate = false;
-        if let Some(timer) = self.poll_timer.take() {
-            ctx.cancel_future(timer);
-        }
         if self.fail_if_cancelled(ctx) {
             return;
         }
@@ -533,7 +577,16 @@ impl<C: Command> CommandActor<C> {
             self.start_serial_children(false);
         }
         if self.children.iter().any(|c| !c.status.is_ended()) {
-            return self.schedule_poll(ctx);
+            // Children push their ends; the timer is only a safety net, and
+            // one already armed will do (re-arming it for every child's end
+            // costs a parent a timer per child under a burst).
+            if self.poll_timer.is_none() {
+                self.schedule_poll(ctx);
+            }
+            return;
+        }
+        if let Some(timer) = self.poll_timer.take() {
+            ctx.cancel_future(timer);
         }
         if let Some(failed) = self
             .children
@@ -1003,20 +1056,22 @@ impl<C: Command> CommandActor<C> {
         debug!(command_id = %self.id(), status = %self.row.status, "command finished");
         let ended = std::time::Instant::now();
         // Push to the parent first: this is the path its decision waits on.
-        let parent_told = match self.parent.take() {
-            Some(parent) => {
-                parent.child_completed(ChildCompleted {
-                    ended: Some(ended),
-                    child: self.id(),
-                    command_type: self.row.command_type,
-                    status: self.row.status,
-                    output: self.row.return_value.clone(),
-                    failure_reason: self.row.failure_reason.clone(),
-                });
-                true
-            }
-            None => false,
-        };
+        // (Usually the writer did, right after the commit.)
+        let parent_told = self.parent_told
+            || match self.parent.take() {
+                Some(parent) => {
+                    parent.child_completed(ChildCompleted {
+                        ended: Some(ended),
+                        child: self.id(),
+                        command_type: self.row.command_type,
+                        status: self.row.status,
+                        output: self.row.return_value.clone(),
+                        failure_reason: self.row.failure_reason.clone(),
+                    });
+                    true
+                }
+                None => false,
+            };
         self.coordinator.finished(Finished {
             ended,
             parent_told,

@@ -23,11 +23,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::model::CommandId;
 use crate::store::{CommandStore, StoreError, StoreErrorKind, StoreOp, Transition};
+
+/// Senders acknowledged between two yields of the writer (see `try_commit`).
+const ACK_SLICE: usize = 128;
 
 /// Default upper bound of transitions per transaction (River uses 5,000).
 pub const DEFAULT_MAX_BATCH: usize = 5_000;
@@ -67,7 +70,7 @@ impl Default for WriterConfig {
 enum Request {
     Write {
         transition: Transition,
-        ack: oneshot::Sender<Result<(), StoreError>>,
+        waiter: Waiter,
     },
     /// Resolves once everything queued before it is committed.
     Flush(oneshot::Sender<()>),
@@ -89,6 +92,22 @@ impl StoreWriter {
 
     /// Queues `transition` and waits until it is committed.
     pub async fn write(&self, transition: Transition) -> Result<(), StoreError> {
+        self.write_then(transition, None).await
+    }
+
+    /// Like [`write`](Self::write), and runs `on_commit` right after the
+    /// commit, on the writer's task, before any sender of the batch is
+    /// acknowledged.
+    ///
+    /// Why: acknowledging a batch of thousands wakes thousands of actors, and
+    /// a message sent by one of them (a child telling its parent that it
+    /// ended) would queue behind all the others. Sent from here, it is
+    /// ahead of them. Not run when the transition fails.
+    pub(crate) async fn write_then(
+        &self,
+        transition: Transition,
+        on_commit: Option<OnCommit>,
+    ) -> Result<(), StoreError> {
         let id = transition.command_id();
         let (ack, done) = oneshot::channel();
         let stopped = || {
@@ -99,7 +118,10 @@ impl StoreWriter {
             )
         };
         self.tx
-            .send(Request::Write { transition, ack })
+            .send(Request::Write {
+                transition,
+                waiter: Waiter { ack, on_commit },
+            })
             .await
             .map_err(|_| stopped())?;
         done.await.map_err(|_| stopped())?
@@ -116,9 +138,19 @@ impl StoreWriter {
 
 type Ack = oneshot::Sender<Result<(), StoreError>>;
 
+/// Work to run the moment a transition is committed (see
+/// [`StoreWriter::write_then`]).
+pub(crate) type OnCommit = Box<dyn FnOnce() + Send>;
+
+/// One sender waiting for a transition's commit.
+struct Waiter {
+    ack: Ack,
+    on_commit: Option<OnCommit>,
+}
+
 /// A transition and everyone waiting for it (several when updates of one
 /// command were folded together).
-type Pending = (Transition, Vec<Ack>);
+type Pending = (Transition, Vec<Waiter>);
 
 async fn run(store: Arc<dyn CommandStore>, config: WriterConfig, mut rx: mpsc::Receiver<Request>) {
     // Up to `lanes` batches commit at once, each on its own connection, so
@@ -186,11 +218,10 @@ async fn run(store: Arc<dyn CommandStore>, config: WriterConfig, mut rx: mpsc::R
                 let kept_tx = kept_tx.clone();
                 let batch = coalesce(std::mem::take(&mut items));
                 actix::spawn(async move {
-                    let kept = try_commit(&*store, batch).await;
+                    let kept = try_commit(&*store, batch, Some(lane)).await;
                     if !kept.is_empty() {
                         let _ = kept_tx.send(kept);
                     }
-                    drop(lane);
                 });
             }
             if !flushes.is_empty() {
@@ -214,7 +245,7 @@ async fn run(store: Arc<dyn CommandStore>, config: WriterConfig, mut rx: mpsc::R
         }
         let mut all = std::mem::take(&mut retry);
         all.extend(items);
-        retry = try_commit(&*store, coalesce(all)).await;
+        retry = try_commit(&*store, coalesce(all), None).await;
         if retry.is_empty() {
             delay = config.retry_min;
             resolve(&mut flushes);
@@ -230,8 +261,8 @@ async fn run(store: Arc<dyn CommandStore>, config: WriterConfig, mut rx: mpsc::R
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 request = rx.recv() => match request {
-                    Some(Request::Write { transition: Transition::Insert(e), ack }) => {
-                        let _ = ack.send(Err(unavailable(e.id, "the database is unreachable")));
+                    Some(Request::Write { transition: Transition::Insert(e), waiter }) => {
+                        let _ = waiter.ack.send(Err(unavailable(e.id, "the database is unreachable")));
                     }
                     Some(request) => accept(request, &mut retry, &mut flushes),
                     None => open = false,
@@ -256,7 +287,7 @@ async fn wait_for_lanes(slots: &Semaphore, lanes: usize) {
 
 fn accept(request: Request, items: &mut Vec<Pending>, flushes: &mut Vec<oneshot::Sender<()>>) {
     match request {
-        Request::Write { transition, ack } => items.push((transition, vec![ack])),
+        Request::Write { transition, waiter } => items.push((transition, vec![waiter])),
         Request::Flush(done) => flushes.push(done),
     }
 }
@@ -279,13 +310,40 @@ fn unavailable(id: CommandId, why: &str) -> StoreError {
 /// failed for good; returns the updates to retry because the database was
 /// unreachable. Inserts are never retried: their senders (a `submit`) get the
 /// error at once, and nothing of theirs is half-persisted.
-async fn try_commit(store: &dyn CommandStore, items: Vec<Pending>) -> Vec<Pending> {
-    let (transitions, senders): (Vec<Transition>, Vec<Vec<Ack>>) = items.into_iter().unzip();
+///
+/// `lane` is the batch's slot among those in flight: it is given back as soon
+/// as the commit is done, before the senders are woken, so that the next
+/// batch need not wait for the wake-ups.
+async fn try_commit(
+    store: &dyn CommandStore,
+    items: Vec<Pending>,
+    lane: Option<OwnedSemaphorePermit>,
+) -> Vec<Pending> {
+    let (transitions, senders): (Vec<Transition>, Vec<Vec<Waiter>>) = items.into_iter().unzip();
     let error = match store.apply(&transitions).await {
         Ok(()) => {
+            drop(lane);
             metrics::histogram!(crate::metrics::WRITE_BATCH_SIZE).record(transitions.len() as f64);
-            for ack in senders.into_iter().flatten() {
-                let _ = ack.send(Ok(()));
+            // Commit hooks first: what they send is ahead of the wake-ups
+            // of every sender below.
+            let mut waiters: Vec<Waiter> = senders.into_iter().flatten().collect();
+            for waiter in &mut waiters {
+                if let Some(on_commit) = waiter.on_commit.take() {
+                    on_commit();
+                }
+            }
+            // Wake the senders a slice at a time, yielding in between: each
+            // wake-up queues an actor on this thread, and what another lane's
+            // commit hooks send then waits behind one slice, not behind
+            // thousands.
+            let mut waiters = waiters.into_iter().peekable();
+            while waiters.peek().is_some() {
+                for waiter in waiters.by_ref().take(ACK_SLICE) {
+                    let _ = waiter.ack.send(Ok(()));
+                }
+                if waiters.peek().is_some() {
+                    tokio::task::yield_now().await;
+                }
             }
             return Vec::new();
         }
@@ -296,8 +354,8 @@ async fn try_commit(store: &dyn CommandStore, items: Vec<Pending>) -> Vec<Pendin
         for (transition, acks) in transitions.into_iter().zip(senders) {
             if let Transition::Insert(_) = transition {
                 let id = transition.command_id();
-                for ack in acks {
-                    let _ = ack.send(Err(unavailable(id, &error.to_string())));
+                for waiter in acks {
+                    let _ = waiter.ack.send(Err(unavailable(id, &error.to_string())));
                 }
             } else {
                 kept.push((transition, acks));
@@ -310,15 +368,15 @@ async fn try_commit(store: &dyn CommandStore, items: Vec<Pending>) -> Vec<Pendin
         debug!(error = %error, size = transitions.len(), "batch failed; applying its transitions one by one");
         let mut kept = Vec::new();
         for item in transitions.into_iter().zip(senders) {
-            kept.extend(Box::pin(try_commit(store, vec![item])).await);
+            kept.extend(Box::pin(try_commit(store, vec![item], None)).await);
         }
         kept
     } else {
         warn!(error = %error, "store write failed");
         let message = error.to_string();
         for (transition, acks) in transitions.iter().zip(senders) {
-            for ack in acks {
-                let _ = ack.send(Err(StoreError::new(
+            for waiter in acks {
+                let _ = waiter.ack.send(Err(StoreError::new(
                     StoreOp::Apply,
                     Some(transition.command_id()),
                     StoreErrorKind::Database(message.clone().into()),
