@@ -130,6 +130,9 @@ enum Mode {
         commands: usize,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Submits awaiting their commit at once (0: all N at once).
+        #[arg(long, default_value_t = 0)]
+        submit_window: usize,
     },
     /// Cleanup of expired rows while a flat load runs: rows/s and the flat slowdown.
     Cleanup {
@@ -526,7 +529,11 @@ async fn run(
         Mode::Flat { commands } => flat(&bench, commands).await?,
         Mode::Tree { parents, children } => tree(&bench, parents, children).await?,
         Mode::Rehydrate { commands } => rehydrate(&bench, commands).await?,
-        Mode::Idle { commands, seconds } => idle(&bench, commands, seconds).await?,
+        Mode::Idle {
+            commands,
+            seconds,
+            submit_window,
+        } => idle(&bench, commands, seconds, submit_window).await?,
         Mode::Cleanup {
             expired,
             commands,
@@ -832,7 +839,12 @@ async fn rehydrate(bench: &Bench, commands: usize) -> Result<Report, BoxError> {
 /// window of `T` seconds: process CPU, the database's commits (a poll must not
 /// cost a statement), memory per idle actor, and the same memory figure for
 /// `N` bare actix actors as the floor any actor-per-command design pays.
-async fn idle(bench: &Bench, commands: usize, seconds: u64) -> Result<Report, BoxError> {
+async fn idle(
+    bench: &Bench,
+    commands: usize,
+    seconds: u64,
+    submit_window: usize,
+) -> Result<Report, BoxError> {
     let coordinator = bench
         .within(
             "start",
@@ -863,10 +875,19 @@ async fn idle(bench: &Bench, commands: usize, seconds: u64) -> Result<Report, Bo
     let bar = bench.progress(commands as u64, "running");
     let start = Instant::now();
     let failures = Rc::new(Cell::new(0usize));
+    // With a window, at most that many submits wait for their commit at once
+    // (a host feeding work in steadily); without, all N are spawned at once.
+    let window = std::sync::Arc::new(tokio::sync::Semaphore::new(if submit_window == 0 {
+        tokio::sync::Semaphore::MAX_PERMITS
+    } else {
+        submit_window
+    }));
     for i in 0..commands {
         let coordinator = coordinator.clone();
         let failures = failures.clone();
+        let permit = window.clone().acquire_owned().await?;
         actix::spawn(async move {
+            let _permit = permit;
             if coordinator
                 .submit(Probe {
                     i: i as u64,
@@ -948,6 +969,7 @@ async fn idle(bench: &Bench, commands: usize, seconds: u64) -> Result<Report, Bo
     report.set("commands", commands);
     report.set("seconds", seconds);
     report.set("submit_failures", failures.get());
+    report.set("submit_window", submit_window);
     report.set("ramp_s", round3(ramp.as_secs_f64()));
     report.set("polls_per_s", round_to(polls_per_s, 0));
     report.set("cpu_percent", round_to(cpu_percent, 1));

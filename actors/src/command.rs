@@ -259,7 +259,7 @@ pub struct CommandContext {
     pub(crate) store_unavailable: std::cell::Cell<bool>,
     /// Set when cancellation of this command was requested (also while a call
     /// is running).
-    pub(crate) cancelled: Rc<std::cell::Cell<bool>>,
+    pub(crate) cancelled: Rc<crate::command_actor::LiveCells>,
 }
 
 impl CommandContext {
@@ -373,7 +373,7 @@ impl CommandContext {
     /// early; the runtime then fails the command with reason "cancelled"
     /// whatever the call returned.
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.get()
+        self.cancelled.cancelled.get()
     }
 
     /// The coordinator, for anything else (status of other commands...).

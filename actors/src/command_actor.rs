@@ -20,10 +20,8 @@
 //! database, and after `max_restarts` panics the command fails. Errors fail the
 //! command at once; end methods are retried with backoff up to a cap.
 
-use std::cell::RefCell;
-use std::collections::HashSet;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
@@ -37,6 +35,7 @@ use crate::coordinator::{ChildStart, Coordinator};
 use crate::messages::{Cancel, ChildCompleted, EndAction, Finished, Inspect, Inspection, Poll};
 use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
 use crate::panic::CatchUnwind;
+use crate::poll_timers::PollTimers;
 use crate::store::{CommandUpdate, EndTransaction, Transition};
 use crate::writer::OnCommit;
 
@@ -61,25 +60,39 @@ pub(crate) struct ActorSetup {
     pub(crate) start: StartKind,
     /// The children's rows, for a command rebuilt at start-up.
     pub(crate) children: Vec<ChildView>,
-    /// Cancellation was requested before the actor existed.
-    pub(crate) cancelled: bool,
-    /// The committed status, shared with the coordinator's live table.
-    pub(crate) status: Rc<std::cell::Cell<CommandStatus>>,
+    /// The committed status and the cancellation flag, shared with the
+    /// coordinator's live table.
+    pub(crate) shared: Rc<LiveCells>,
     /// The parent's address, when it is live here: the child tells it of its
     /// end directly, one mailbox hop instead of two.
     pub(crate) parent: Option<LiveAddr>,
+    /// The coordinator's poll timers.
+    pub(crate) timers: PollTimers,
 }
 
 impl ActorSetup {
-    pub(crate) fn new(start: StartKind, status: CommandStatus) -> Self {
+    pub(crate) fn new(start: StartKind, status: CommandStatus, timers: PollTimers) -> Self {
         Self {
+            timers,
             start,
             children: Vec::new(),
-            cancelled: false,
-            status: Rc::new(std::cell::Cell::new(status)),
+            shared: Rc::new(LiveCells {
+                status: Cell::new(status),
+                cancelled: Cell::new(false),
+            }),
             parent: None,
         }
     }
+}
+
+/// What a live command shares, on its arbiter's thread, with the
+/// coordinator (which answers `status()` from it without a message) and with
+/// running command code (`ctx.is_cancelled()`). One allocation for both.
+pub(crate) struct LiveCells {
+    /// The committed status.
+    pub(crate) status: Cell<CommandStatus>,
+    /// Cancellation was requested.
+    pub(crate) cancelled: Cell<bool>,
 }
 
 /// What the coordinator keeps of a live command: its address, typed inside,
@@ -89,6 +102,7 @@ impl ActorSetup {
 /// (rather than a `Recipient` per message type) keeps live commands small.
 pub(crate) trait LiveHandle: Send {
     fn child_completed(&self, msg: ChildCompleted);
+    fn poll(&self, generation: u32);
     fn cancel(&self);
     fn inspector(&self) -> Recipient<Inspect>;
     fn clone_handle(&self) -> LiveAddr;
@@ -99,6 +113,10 @@ pub(crate) type LiveAddr = Box<dyn LiveHandle + Send>;
 impl<C: Command> LiveHandle for Addr<CommandActor<C>> {
     fn child_completed(&self, msg: ChildCompleted) {
         self.do_send(msg);
+    }
+
+    fn poll(&self, generation: u32) {
+        self.do_send(Poll { generation });
     }
 
     fn cancel(&self) {
@@ -114,18 +132,92 @@ impl<C: Command> LiveHandle for Addr<CommandActor<C>> {
     }
 }
 
+/// What most commands never need, boxed so that it costs an idle command one
+/// pointer.
+#[derive(Default)]
+struct Extra {
+    /// Children in submission order, with what this command knows of them.
+    children: Vec<ChildView>,
+    /// Serial children this command has asked the coordinator to start.
+    started_children: Vec<CommandId>,
+    /// Fail without running, for this reason (a skipped serial child, or one
+    /// cancelled before it started).
+    skip: Option<String>,
+    /// The message of the last panic, kept across the restart it caused so
+    /// that the failure reason says what happened.
+    last_panic: Option<String>,
+    /// The committed `return_value` (set with SUCCEEDED, so near the end).
+    return_value: Option<JsonPayload>,
+    /// The committed `failure_reason`.
+    failure_reason: Option<String>,
+    /// Why the parameters could not be decoded when the row was reloaded.
+    undecodable: Option<String>,
+}
+
+/// What a running command keeps of its row: what its steps read, inline in
+/// the actor. The rest (the parameters as stored, timestamps, job and step
+/// ids) is in the database, where [`Coordinator::get`] reads a row; the live
+/// value of the parameters is the command itself, and its output and
+/// failure reason are in [`Extra`].
+struct LiveRow {
+    id: CommandId,
+    root_id: CommandId,
+    parent_id: Option<CommandId>,
+    created_at: chrono::DateTime<Utc>,
+    command_type: i32,
+    status: CommandStatus,
+    executed: bool,
+    callback_notified: bool,
+}
+
+impl LiveRow {
+    fn of(entity: &CommandEntity) -> Self {
+        Self {
+            id: entity.id,
+            root_id: entity.root(),
+            parent_id: entity.parent_id,
+            created_at: entity.created_at,
+            command_type: entity.command_type,
+            status: entity.status,
+            executed: entity.executed,
+            callback_notified: entity.callback_notified,
+        }
+    }
+}
+
+/// A command's actor. Kept small on purpose: a host may hold a hundred
+/// thousand idle ones, and every byte here is in each one's task (the row is
+/// boxed, the tracing span exists only when enabled, rare state is boxed).
 pub(crate) struct CommandActor<C: Command> {
     /// The command value; `None` while command code runs with it, or after a
     /// panic until it is reloaded.
     command: Option<C>,
-    /// The row as last committed.
-    row: CommandEntity,
-    /// Children in submission order, with what this command knows of them.
-    children: Vec<ChildView>,
-    /// Serial children this command has asked the coordinator to start.
-    started_children: HashSet<CommandId>,
+    /// The row as last committed, what of it a running command needs.
+    row: LiveRow,
+    /// Children, skip reason, last panic: `None` for a command that has none.
+    extra: Option<Box<Extra>>,
     coordinator: Coordinator,
-    start: StartKind,
+    /// Polls so far without news: the next one waits `poll_interval` ×
+    /// 2^this, up to `max_poll_interval` (one byte rather than a `Duration`).
+    poll_backoff: u8,
+    /// The coordinator's shared poll timers (no tokio timer per command).
+    timers: PollTimers,
+    /// The generation of the last poll asked for; a `Poll` of another one is
+    /// stale.
+    poll_generation: u32,
+    /// A poll is asked for and still wanted.
+    poll_armed: bool,
+    /// The committed status and the cancellation flag, shared with the
+    /// coordinator and with every context, so running command code can see
+    /// a cancellation.
+    shared: Rc<LiveCells>,
+    /// The parent's address when it was live at spawn time.
+    parent: Option<LiveAddr>,
+    /// This command's span, when tracing has it enabled (`None` otherwise:
+    /// a disabled `Span` still takes 40 bytes).
+    span: Option<Box<Span>>,
+    end_attempts: u32,
+    restarts: u32,
     /// True while a write or a call into command code is in flight; lifecycle
     /// steps never overlap.
     busy: bool,
@@ -134,48 +226,33 @@ pub(crate) struct CommandActor<C: Command> {
     /// `execute` may run in this incarnation (the row went NOT_STARTED →
     /// ACTIVE here, or the type opted into re-running).
     may_execute: bool,
-    poll_delay: Duration,
-    poll_timer: Option<SpawnHandle>,
-    end_attempts: u32,
-    restarts: u32,
     /// The restart after a panic must reload from the database first.
     reload: bool,
     /// Rebuilt from its row since its status was last committed: an end
     /// method may have run in a previous process.
     resumed: bool,
-    /// The committed status, shared with the coordinator.
-    status: Rc<std::cell::Cell<CommandStatus>>,
-    /// The parent's address when it was live at spawn time.
-    parent: Option<LiveAddr>,
     /// The writer already told the parent of this command's end, right
     /// after the commit.
     parent_told: bool,
-    /// Cancellation was requested; shared with every context so running
-    /// command code can see it.
-    cancelled: Rc<std::cell::Cell<bool>>,
-    /// The message of the last panic, kept across the restart it caused so
-    /// that the failure reason says what happened.
-    last_panic: Option<String>,
     /// The end action is due but waits for children that have not ended: a
     /// parent never ends before its children (oVirt 78ab1ef4249).
     end_waits_for_children: bool,
     finished: bool,
-    span: Span,
 }
 
 impl<C: Command> CommandActor<C> {
     pub(crate) fn new(
         command: C,
-        row: CommandEntity,
+        row: Box<CommandEntity>,
         setup: ActorSetup,
         coordinator: Coordinator,
     ) -> Self {
         let ActorSetup {
             start,
             children,
-            cancelled,
-            status,
+            shared,
             parent,
+            timers,
         } = setup;
         let span = info_span!(
             "command",
@@ -184,33 +261,75 @@ impl<C: Command> CommandActor<C> {
             parent = row.parent_id.map(tracing::field::display),
             root = %row.root(),
         );
-        let poll_delay = coordinator.config().poll_interval;
+        let has_outcome = row.return_value.is_some() || row.failure_reason.is_some();
+        let live_row = LiveRow::of(&row);
+        let CommandEntity {
+            return_value,
+            failure_reason,
+            ..
+        } = *row;
+        let span = (!span.is_disabled()).then(|| Box::new(span));
         let resumed = start == StartKind::Rehydrated;
+        let skip = match start {
+            StartKind::Skip(reason) => Some(reason),
+            StartKind::Fresh | StartKind::Rehydrated => None,
+        };
+        let extra = (skip.is_some() || !children.is_empty() || has_outcome).then(|| {
+            Box::new(Extra {
+                children,
+                skip,
+                return_value,
+                failure_reason,
+                ..Extra::default()
+            })
+        });
         Self {
             command: Some(command),
-            row,
-            children,
-            started_children: HashSet::new(),
+            row: live_row,
+            extra,
             coordinator,
-            start,
+            poll_backoff: 0,
+            timers,
+            poll_generation: 0,
+            poll_armed: false,
+            shared,
+            parent,
+            span,
+            end_attempts: 0,
+            restarts: 0,
             busy: false,
             reevaluate: false,
             may_execute: false,
-            poll_delay,
-            poll_timer: None,
-            end_attempts: 0,
-            restarts: 0,
             reload: false,
             resumed,
-            cancelled: Rc::new(std::cell::Cell::new(cancelled)),
-            status,
-            parent,
             parent_told: false,
-            last_panic: None,
             end_waits_for_children: false,
             finished: false,
-            span,
         }
+    }
+
+    /// The children known so far, in submission order.
+    fn children(&self) -> &[ChildView] {
+        self.extra.as_ref().map_or(&[], |e| &e.children)
+    }
+
+    fn return_value(&self) -> Option<&JsonPayload> {
+        self.extra.as_ref().and_then(|e| e.return_value.as_ref())
+    }
+
+    fn failure_reason(&self) -> Option<&str> {
+        self.extra
+            .as_ref()
+            .and_then(|e| e.failure_reason.as_deref())
+    }
+
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// This command's span (a disabled one when tracing does not want it).
+    fn span(&self) -> Span {
+        self.span.as_deref().cloned().unwrap_or_else(Span::none)
     }
 
     fn id(&self) -> CommandId {
@@ -222,10 +341,10 @@ impl<C: Command> CommandActor<C> {
         CommandContext {
             id: self.row.id,
             parent_id: self.row.parent_id,
-            root_id: self.row.root(),
+            root_id: self.row.root_id,
             command_type: self.row.command_type,
             serial_children: C::CHILD_EXECUTION == ChildExecution::Serial,
-            children: self.children.clone(),
+            children: self.children().to_vec(),
             end_attempt: self.end_attempts + 1,
             coordinator: self.coordinator.clone(),
             submitted: Rc::new(RefCell::new(Vec::new())),
@@ -233,7 +352,7 @@ impl<C: Command> CommandActor<C> {
             resumed: self.resumed,
             end_tx: RefCell::new(None),
             store_unavailable: std::cell::Cell::new(false),
-            cancelled: self.cancelled.clone(),
+            cancelled: self.shared.clone(),
         }
     }
 
@@ -243,7 +362,7 @@ impl<C: Command> CommandActor<C> {
             self.row.status,
             CommandStatus::NotStarted | CommandStatus::Active
         );
-        if self.cancelled.get() && open {
+        if self.shared.cancelled.get() && open {
             debug!(command_id = %self.id(), "cancelled");
             self.commit(
                 ctx,
@@ -261,15 +380,14 @@ impl<C: Command> CommandActor<C> {
         if self.busy || self.finished {
             return;
         }
-        let _entered = self.span.clone().entered();
+        let _entered = self.span().entered();
         if self.fail_if_cancelled(ctx) {
             return;
         }
         let status = self.row.status;
         match status {
             CommandStatus::NotStarted => {
-                if let StartKind::Skip(reason) = &self.start {
-                    let reason = reason.clone();
+                if let Some(reason) = self.extra.as_ref().and_then(|e| e.skip.clone()) {
                     self.commit(ctx, fail(self.id(), CommandStatus::Failed, reason));
                 } else {
                     self.may_execute = true;
@@ -285,7 +403,7 @@ impl<C: Command> CommandActor<C> {
                 } else {
                     // oVirt 1f9cf92ddd0 / c01ac673388: nobody knows how far an
                     // interrupted execute got, so the command fails.
-                    let reason = match self.last_panic.take() {
+                    let reason = match self.extra.as_mut().and_then(|e| e.last_panic.take()) {
                         Some(panic) => panic,
                         None => {
                             "execute was interrupted by a restart before it completed".to_owned()
@@ -322,8 +440,7 @@ impl<C: Command> CommandActor<C> {
         let transition = Transition::Update(update.clone());
         let on_commit = self.end_notice(&update);
         let tells_parent = on_commit.is_some();
-        let fut = async move { writer.write_then(transition, on_commit).await }
-            .instrument(self.span.clone());
+        let fut = writer.queue(transition, on_commit).instrument(self.span());
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.busy = false;
             match result {
@@ -370,13 +487,13 @@ impl<C: Command> CommandActor<C> {
             output: update
                 .return_value
                 .clone()
-                .or_else(|| self.row.return_value.clone()),
+                .or_else(|| self.return_value().cloned()),
             failure_reason: update
                 .failure_reason
                 .clone()
-                .or_else(|| self.row.failure_reason.clone()),
+                .or_else(|| self.failure_reason().map(str::to_owned)),
         };
-        Some(Box::new(move || {
+        Some(Box::new(move |_| {
             msg.ended = Some(std::time::Instant::now());
             parent.child_completed(msg);
         }))
@@ -390,8 +507,6 @@ impl<C: Command> CommandActor<C> {
 
     /// Reflects a committed update in memory and tells the coordinator.
     fn applied(&mut self, update: CommandUpdate) {
-        let now = Utc::now();
-        self.row.updated_at = now;
         if let Some(status) = update.status
             && status != self.row.status
         {
@@ -400,12 +515,9 @@ impl<C: Command> CommandActor<C> {
             self.resumed = false;
             metrics::counter!(crate::metrics::TRANSITIONS, "status" => status.as_str())
                 .increment(1);
-            if status.is_ended() && self.row.ended_at.is_none() {
-                self.row.ended_at = Some(now);
-            }
             // Shared with the coordinator (same arbiter, same thread): its
             // `status()` answers from memory without a message per change.
-            let previous = self.status.replace(status);
+            let previous = self.shared.status.replace(status);
             metrics::gauge!(crate::metrics::COMMANDS, "status" => previous.as_str()).decrement(1.0);
             metrics::gauge!(crate::metrics::COMMANDS, "status" => status.as_str()).increment(1.0);
         }
@@ -415,28 +527,24 @@ impl<C: Command> CommandActor<C> {
         if let Some(notified) = update.notified {
             self.row.callback_notified = notified;
         }
-        if let Some(parameters) = update.parameters {
-            self.row.parameters = parameters;
-        }
+        // The parameters: the live value is `self.command`.
         if let Some(value) = update.return_value {
-            self.row.return_value = Some(value);
+            self.extra_mut().return_value = Some(value);
         }
         if let Some(reason) = update.failure_reason {
-            self.row.failure_reason = Some(reason);
+            self.extra_mut().failure_reason = Some(reason);
         }
     }
 
     /// The command value, rebuilt from the last persisted parameters if a
     /// panic took it.
     fn take_command(&mut self) -> Result<C, String> {
-        match self.command.take() {
-            Some(c) => Ok(c),
-            None => self
-                .row
-                .parameters
-                .decode()
-                .map_err(|e| format!("parameters no longer deserialize: {e}")),
-        }
+        self.command.take().ok_or_else(|| {
+            self.extra
+                .as_ref()
+                .and_then(|e| e.undecodable.clone())
+                .unwrap_or_else(|| "the command's state was lost".to_owned())
+        })
     }
 
     fn run_execute(&mut self, ctx: &mut Context<Self>) {
@@ -453,7 +561,7 @@ impl<C: Command> CommandActor<C> {
             let result = CatchUnwind::new(command.execute(&cctx)).await;
             (command, result)
         }
-        .instrument(self.span.clone());
+        .instrument(self.span());
         ctx.spawn(fut.into_actor(self).map(move |(command, result), act, ctx| {
             act.busy = false;
             act.record_submitted(&submitted.borrow());
@@ -483,7 +591,7 @@ impl<C: Command> CommandActor<C> {
                 }
                 Ok(Err(e)) => {
                     warn!(command_id = %act.id(), error = %e, "execute failed");
-                    let reason = if act.cancelled.get() {
+                    let reason = if act.shared.cancelled.get() {
                         CANCELLED.to_owned()
                     } else {
                         e.to_string()
@@ -516,7 +624,7 @@ impl<C: Command> CommandActor<C> {
             let result = CatchUnwind::new(command.on_executed(&cctx)).await;
             (command, result)
         }
-        .instrument(self.span.clone());
+        .instrument(self.span());
         ctx.spawn(fut.into_actor(self).map(move |(command, result), act, ctx| {
             act.busy = false;
             act.record_submitted(&submitted.borrow());
@@ -532,8 +640,8 @@ impl<C: Command> CommandActor<C> {
 
     fn record_submitted(&mut self, submitted: &[(CommandId, i32)]) {
         for &(id, command_type) in submitted {
-            if !self.children.iter().any(|c| c.id == id) {
-                self.children.push(ChildView {
+            if !self.children().iter().any(|c| c.id == id) {
+                self.extra_mut().children.push(ChildView {
                     id,
                     command_type,
                     status: CommandStatus::NotStarted,
@@ -576,20 +684,18 @@ impl<C: Command> CommandActor<C> {
         if C::CHILD_EXECUTION == ChildExecution::Serial {
             self.start_serial_children(false);
         }
-        if self.children.iter().any(|c| !c.status.is_ended()) {
+        if self.children().iter().any(|c| !c.status.is_ended()) {
             // Children push their ends; the timer is only a safety net, and
             // one already armed will do (re-arming it for every child's end
             // costs a parent a timer per child under a burst).
-            if self.poll_timer.is_none() {
-                self.schedule_poll(ctx);
+            if !self.poll_armed {
+                self.schedule_poll();
             }
             return;
         }
-        if let Some(timer) = self.poll_timer.take() {
-            ctx.cancel_future(timer);
-        }
+        self.poll_armed = false;
         if let Some(failed) = self
-            .children
+            .children()
             .iter()
             .find(|c| c.status == CommandStatus::EndedWithFailure)
         {
@@ -616,7 +722,7 @@ impl<C: Command> CommandActor<C> {
             let result = CatchUnwind::new(command.poll(&cctx)).await;
             (command, result)
         }
-        .instrument(self.span.clone());
+        .instrument(self.span());
         ctx.spawn(fut.into_actor(self).map(move |(command, result), act, ctx| {
             act.busy = false;
             act.record_submitted(&submitted.borrow());
@@ -626,7 +732,7 @@ impl<C: Command> CommandActor<C> {
                     if act.reevaluate {
                         act.evaluate(ctx);
                     } else {
-                        act.schedule_poll(ctx);
+                        act.schedule_poll();
                     }
                 }
                 Ok(Ok(PollOutcome::Succeeded(output))) => {
@@ -673,29 +779,29 @@ impl<C: Command> CommandActor<C> {
     fn start_serial_children(&mut self, parent_failed: bool) {
         let failed = parent_failed
             || self
-                .children
+                .children()
                 .iter()
                 .any(|c| c.status == CommandStatus::EndedWithFailure);
         let running = self
-            .children
+            .children()
             .iter()
             .any(|c| !c.status.is_ended() && self.is_started(c));
         let waiting: Vec<CommandId> = self
-            .children
+            .children()
             .iter()
             .filter(|c| !self.is_started(c))
             .map(|c| c.id)
             .collect();
         if failed {
             for id in waiting {
-                self.started_children.insert(id);
+                self.extra_mut().started_children.push(id);
                 self.coordinator.start_child(ChildStart {
                     id,
                     skip: Some("not run: an earlier child of its serial parent failed".into()),
                 });
             }
         } else if !running && let Some(&next) = waiting.first() {
-            self.started_children.insert(next);
+            self.extra_mut().started_children.push(next);
             self.coordinator.start_child(ChildStart {
                 id: next,
                 skip: None,
@@ -704,16 +810,27 @@ impl<C: Command> CommandActor<C> {
     }
 
     fn is_started(&self, child: &ChildView) -> bool {
-        child.status != CommandStatus::NotStarted || self.started_children.contains(&child.id)
+        child.status != CommandStatus::NotStarted
+            || self
+                .extra
+                .as_ref()
+                .is_some_and(|e| e.started_children.contains(&child.id))
     }
 
-    fn schedule_poll(&mut self, ctx: &mut Context<Self>) {
-        if let Some(timer) = self.poll_timer.take() {
-            ctx.cancel_future(timer);
+    /// Asks for the next poll after the current delay (which then doubles,
+    /// up to `max_poll_interval`); replaces any poll asked for before.
+    fn schedule_poll(&mut self) {
+        let config = self.coordinator.config();
+        let delay = config
+            .poll_interval
+            .saturating_mul(1 << self.poll_backoff)
+            .min(config.max_poll_interval);
+        if delay < config.max_poll_interval {
+            self.poll_backoff = (self.poll_backoff + 1).min(31);
         }
-        let delay = self.poll_delay;
-        self.poll_delay = (self.poll_delay * 2).min(self.coordinator.config().max_poll_interval);
-        self.poll_timer = Some(ctx.notify_later(Poll, delay));
+        self.poll_generation = self.poll_generation.wrapping_add(1);
+        self.poll_armed = true;
+        self.timers.schedule(self.id(), self.poll_generation, delay);
     }
 
     /// Runs the end method for SUCCEEDED / FAILED / EXECUTION_FAILED.
@@ -727,12 +844,15 @@ impl<C: Command> CommandActor<C> {
         if C::CHILD_EXECUTION == ChildExecution::Serial {
             self.start_serial_children(self.row.status != CommandStatus::Succeeded);
         }
-        if self.children.iter().any(|c| !c.status.is_ended()) {
+        if self.children().iter().any(|c| !c.status.is_ended()) {
             debug!(command_id = %self.id(), "end action waits for the children to end");
             self.end_waits_for_children = true;
             return;
         }
         self.end_waits_for_children = false;
+        if self.command.is_none() && self.extra.as_ref().is_none_or(|e| e.undecodable.is_none()) {
+            return self.fetch_command(ctx);
+        }
         let mut command = match self.take_command() {
             Ok(c) => c,
             Err(reason) => {
@@ -748,9 +868,7 @@ impl<C: Command> CommandActor<C> {
         self.busy = true;
         let succeeded = self.row.status == CommandStatus::Succeeded;
         let output: Option<Result<C::Output, String>> = succeeded.then(|| {
-            self.row
-                .return_value
-                .as_ref()
+            self.return_value()
                 .ok_or_else(|| "the command SUCCEEDED but has no return value".to_owned())
                 .and_then(|p| {
                     p.decode()
@@ -758,10 +876,8 @@ impl<C: Command> CommandActor<C> {
                 })
         });
         let reason = self
-            .row
-            .failure_reason
-            .clone()
-            .unwrap_or_else(|| self.row.status.to_string());
+            .failure_reason()
+            .map_or_else(|| self.row.status.to_string(), str::to_owned);
         let mut cctx = self.context();
         cctx.in_end_method = true;
         let submitted = cctx.submitted.clone();
@@ -776,7 +892,7 @@ impl<C: Command> CommandActor<C> {
             });
             (command, cctx, result)
         }
-        .instrument(self.span.clone());
+        .instrument(self.span());
         ctx.spawn(fut.into_actor(self).map(move |(command, cctx, result), act, ctx| {
             act.busy = false;
             act.record_submitted(&submitted.borrow());
@@ -951,7 +1067,7 @@ impl<C: Command> CommandActor<C> {
     /// restarts the command fails instead.
     fn restart_after_panic(&mut self, ctx: &mut Context<Self>, reason: String) {
         self.restarts += 1;
-        self.last_panic = Some(reason.clone());
+        self.extra_mut().last_panic = Some(reason.clone());
         metrics::counter!(crate::metrics::RESTARTS).increment(1);
         if self.restarts > self.coordinator.config().max_restarts {
             let status = if self.row.executed {
@@ -966,6 +1082,43 @@ impl<C: Command> CommandActor<C> {
         ctx.stop();
     }
 
+    /// The command value was consumed by a call that panicked and no restart
+    /// reloaded it (the restart limit was reached): reads it back from the
+    /// row, then takes the step again.
+    fn fetch_command(&mut self, ctx: &mut Context<Self>) {
+        self.busy = true;
+        let store = self.coordinator.store().clone();
+        let id = self.id();
+        let fut = async move { store.get(id).await };
+        ctx.spawn(fut.into_actor(self).map(move |row, act, ctx| {
+            act.busy = false;
+            let undecodable = match row {
+                Ok(Some(row)) => match row.parameters.decode() {
+                    Ok(command) => {
+                        act.command = Some(command);
+                        None
+                    }
+                    Err(e) => Some(format!("parameters no longer deserialize: {e}")),
+                },
+                Ok(None) => Some("the row vanished".to_owned()),
+                Err(e) => {
+                    error!(command_id = %id, error = %e, "cannot read the command's parameters; retrying");
+                    let delay = act.coordinator.config().max_poll_interval;
+                    act.busy = true;
+                    ctx.run_later(delay, move |act, ctx| {
+                        act.busy = false;
+                        act.fetch_command(ctx);
+                    });
+                    return;
+                }
+            };
+            if undecodable.is_some() {
+                act.extra_mut().undecodable = undecodable;
+            }
+            act.advance(ctx);
+        }));
+    }
+
     /// After a restart: reloads the row and the children from the store,
     /// then advances. (Commands rebuilt at start-up get their children from
     /// the bulk load instead.)
@@ -978,8 +1131,18 @@ impl<C: Command> CommandActor<C> {
             act.busy = false;
             match row {
                 Ok(Some(row)) => {
-                    act.command = row.parameters.decode().ok();
-                    act.row = row;
+                    match row.parameters.decode() {
+                        Ok(command) => act.command = Some(command),
+                        Err(e) => {
+                            act.command = None;
+                            act.extra_mut().undecodable =
+                                Some(format!("parameters no longer deserialize: {e}"));
+                        }
+                    }
+                    act.row = LiveRow::of(&row);
+                    let extra = act.extra_mut();
+                    extra.return_value = row.return_value;
+                    extra.failure_reason = row.failure_reason;
                 }
                 Ok(None) => {
                     warn!(command_id = %id, "row vanished while the command was live; stopping it");
@@ -1026,7 +1189,8 @@ impl<C: Command> CommandActor<C> {
         if news.child == self.id() {
             return; // a corrupt self-parent row: never its own child
         }
-        match self.children.iter_mut().find(|c| c.id == news.child) {
+        let children = &mut self.extra_mut().children;
+        match children.iter_mut().find(|c| c.id == news.child) {
             Some(child) => {
                 if child.status.is_ended() && !news.status.is_ended() {
                     return;
@@ -1035,7 +1199,7 @@ impl<C: Command> CommandActor<C> {
                 child.output = news.output.or(child.output.take());
                 child.failure_reason = news.failure_reason.or(child.failure_reason.take());
             }
-            None => self.children.push(ChildView {
+            None => children.push(ChildView {
                 id: news.child,
                 command_type: news.command_type,
                 status: news.status,
@@ -1065,8 +1229,8 @@ impl<C: Command> CommandActor<C> {
                         child: self.id(),
                         command_type: self.row.command_type,
                         status: self.row.status,
-                        output: self.row.return_value.clone(),
-                        failure_reason: self.row.failure_reason.clone(),
+                        output: self.return_value().cloned(),
+                        failure_reason: self.failure_reason().map(str::to_owned),
                     });
                     true
                 }
@@ -1079,8 +1243,8 @@ impl<C: Command> CommandActor<C> {
             parent_id: self.row.parent_id,
             command_type: self.row.command_type,
             status: self.row.status,
-            output: self.row.return_value.clone(),
-            failure_reason: self.row.failure_reason.clone(),
+            output: self.return_value().cloned(),
+            failure_reason: self.failure_reason().map(str::to_owned),
         });
     }
 }
@@ -1135,9 +1299,9 @@ impl<C: Command> Supervised for CommandActor<C> {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         // Spawned futures and timers were dropped with the old context.
         self.busy = false;
-        self.poll_timer = None;
+        self.poll_armed = false;
         self.reevaluate = false;
-        self.poll_delay = self.coordinator.config().poll_interval;
+        self.poll_backoff = 0;
         debug!(command_id = %self.id(), restarts = self.restarts, "command actor restarting");
     }
 }
@@ -1145,8 +1309,11 @@ impl<C: Command> Supervised for CommandActor<C> {
 impl<C: Command> Handler<Poll> for CommandActor<C> {
     type Result = ();
 
-    fn handle(&mut self, _: Poll, ctx: &mut Self::Context) {
-        self.poll_timer = None;
+    fn handle(&mut self, poll: Poll, ctx: &mut Self::Context) {
+        if !self.poll_armed || poll.generation != self.poll_generation {
+            return; // a poll no longer wanted
+        }
+        self.poll_armed = false;
         self.evaluate(ctx);
     }
 }
@@ -1173,15 +1340,13 @@ impl<C: Command> Handler<Cancel> for CommandActor<C> {
     type Result = ();
 
     fn handle(&mut self, _: Cancel, ctx: &mut Self::Context) {
-        if self.cancelled.replace(true) {
+        if self.shared.cancelled.replace(true) {
             return;
         }
         // A running step sees the flag through its context and finishes
         // first; the next step (advance/evaluate) fails the command.
         if !self.busy {
-            if let Some(timer) = self.poll_timer.take() {
-                ctx.cancel_future(timer);
-            }
+            self.poll_armed = false;
             self.advance(ctx);
         }
     }
@@ -1200,8 +1365,7 @@ impl<C: Command> Handler<Inspect> for CommandActor<C> {
 
     fn handle(&mut self, _: Inspect, _: &mut Self::Context) -> Inspection {
         Inspection {
-            entity: self.row.clone(),
-            children: self.children.iter().map(|c| c.id).collect(),
+            children: self.children().iter().map(|c| c.id).collect(),
         }
     }
 }

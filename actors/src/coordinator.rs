@@ -30,9 +30,10 @@ use crate::command_actor::{ActorSetup, LiveAddr, StartKind};
 use crate::config::{OnRootEnd, RuntimeConfig};
 use crate::messages::{ChildCompleted, Finished, Inspect};
 use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
+use crate::poll_timers::PollTimers;
 use crate::registry::Registry;
 use crate::store::{BadRow, CancelOutcome, CommandStore, StoreError, Transition};
-use crate::writer::StoreWriter;
+use crate::writer::{OnCommit, StoreWriter};
 
 /// Why a coordinator call failed.
 #[derive(Debug, thiserror::Error)]
@@ -251,13 +252,9 @@ impl Coordinator {
         }
     }
 
-    /// The command's row: from its actor when live, else from the store.
+    /// The command's row, from the store. A live command's row there is
+    /// exactly what it acts on: it applies a change only once committed.
     pub async fn get(&self, id: CommandId) -> Result<Option<CommandEntity>, CoordinatorError> {
-        if let Some(live) = self.lookup(id).await?
-            && let Ok(inspection) = live.inspect.send(Inspect).await
-        {
-            return Ok(Some(inspection.entity));
-        }
         Ok(self.shared.store.get(id).await?)
     }
 
@@ -353,7 +350,7 @@ impl Coordinator {
         &self,
         command: C,
         link: Option<ParentLink>,
-    ) -> Result<(CommandEntity, bool), CoordinatorError> {
+    ) -> Result<(Box<CommandEntity>, bool), CoordinatorError> {
         if !self.shared.registry.contains(C::COMMAND_TYPE) {
             return Err(CoordinatorError::UnregisteredType {
                 command_type: C::COMMAND_TYPE,
@@ -365,7 +362,13 @@ impl Coordinator {
                 what: "parameters",
                 error,
             })?;
-        let mut entity = CommandEntity::new(CommandId::new(), C::COMMAND_TYPE, parameters);
+        // Boxed once here: the same allocation goes through the writer to the
+        // coordinator and becomes the actor's row.
+        let mut entity = Box::new(CommandEntity::new(
+            CommandId::new(),
+            C::COMMAND_TYPE,
+            parameters,
+        ));
         let mut parked = false;
         if let Some(link) = link {
             entity.parent_id = Some(link.parent);
@@ -386,26 +389,32 @@ impl Coordinator {
         Ok(id)
     }
 
-    async fn persist_and_spawn(
+    /// Queues the NOT_STARTED row; the writer hands it to the coordinator
+    /// (which starts the actor) right after the commit, and the returned
+    /// future resolves after that. It holds nothing but the acknowledgement:
+    /// a host awaiting many submits at once keeps many small futures.
+    fn persist_and_spawn(
         &self,
-        entity: CommandEntity,
+        entity: Box<CommandEntity>,
         parked: bool,
         waiter: Option<oneshot::Sender<Outcome>>,
-    ) -> Result<(), CoordinatorError> {
-        self.shared
+    ) -> impl Future<Output = Result<(), CoordinatorError>> + Send + 'static {
+        let coordinator = self.clone();
+        let on_commit: OnCommit = Box::new(move |committed| {
+            if let Some(Transition::Insert(entity)) = committed {
+                debug!(command_id = %entity.id, r#type = entity.command_type, parent = ?entity.parent_id, "command persisted NOT_STARTED");
+                coordinator.shared.addr.do_send(Spawn {
+                    entity,
+                    parked,
+                    waiter,
+                });
+            }
+        });
+        let committed = self
+            .shared
             .writer
-            .write(Transition::Insert(Box::new(entity.clone())))
-            .await?;
-        debug!(command_id = %entity.id, r#type = entity.command_type, parent = ?entity.parent_id, "command persisted NOT_STARTED");
-        self.shared
-            .addr
-            .send(Spawn {
-                entity,
-                parked,
-                waiter,
-            })
-            .await
-            .map_err(|_| CoordinatorError::Stopped)
+            .queue(Transition::Insert(entity), Some(on_commit));
+        async move { Ok(committed.await?) }
     }
 }
 
@@ -523,6 +532,7 @@ impl CoordinatorBuilder {
             waiters: HashMap::new(),
             cancelled: HashSet::new(),
             checking_cancellations: false,
+            timers: PollTimers::new(),
         });
 
         // Cancellations requested while no host ran are honoured before any
@@ -548,9 +558,9 @@ impl CoordinatorBuilder {
 /// What the coordinator knows of a live command.
 struct LiveCommand {
     addr: LiveAddr,
-    parent: Option<CommandId>,
-    /// The committed status, written by the command's actor.
-    status: std::rc::Rc<std::cell::Cell<CommandStatus>>,
+    /// The committed status (and cancellation flag), written by the
+    /// command's actor.
+    status: std::rc::Rc<crate::command_actor::LiveCells>,
 }
 
 /// A live command as answered to a lookup.
@@ -564,13 +574,15 @@ pub(crate) struct CoordinatorActor {
     handle: Coordinator,
     live: HashMap<CommandId, LiveCommand>,
     /// Serial children persisted but not started yet, waiting for their parent.
-    parked: HashMap<CommandId, CommandEntity>,
+    parked: HashMap<CommandId, Box<CommandEntity>>,
     waiters: HashMap<CommandId, Vec<oneshot::Sender<Outcome>>>,
     /// Commands already told to cancel (each is told once).
     cancelled: HashSet<CommandId>,
     /// A cancellation check is in flight: ticks do not pile up behind a slow
     /// database.
     checking_cancellations: bool,
+    /// Every live command's next poll.
+    timers: PollTimers,
 }
 
 impl Actor for CoordinatorActor {
@@ -579,10 +591,30 @@ impl Actor for CoordinatorActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let every = self.handle.shared.config.cancel_check_interval;
         ctx.run_interval(every, |_, ctx| ctx.notify(CheckCancellations));
+        self.drive_polls(ctx);
     }
 }
 
 impl CoordinatorActor {
+    /// Waits for the next due polls of the shared poll timers, hands each to
+    /// its live command, and waits again. (Owned by this actor's context, so
+    /// it ends with it.)
+    fn drive_polls(&mut self, ctx: &mut Context<Self>) {
+        let timers = self.timers.clone();
+        ctx.spawn(
+            async move { timers.next_due().await }
+                .into_actor(self)
+                .map(|due, act, ctx| {
+                    for (id, generation) in due {
+                        if let Some(live) = act.live.get(&id) {
+                            live.addr.poll(generation);
+                        }
+                    }
+                    act.drive_polls(ctx);
+                }),
+        );
+    }
+
     /// Delivers a cancellation to a live or parked command, once.
     fn cancel_one(&mut self, id: CommandId) {
         if !self.cancelled.insert(id) {
@@ -602,12 +634,12 @@ impl CoordinatorActor {
         }
     }
 
-    fn spawn(&mut self, entity: CommandEntity, start: StartKind) {
-        let setup = ActorSetup::new(start, entity.status);
+    fn spawn(&mut self, entity: Box<CommandEntity>, start: StartKind) {
+        let setup = ActorSetup::new(start, entity.status, self.timers.clone());
         self.spawn_with(entity, setup);
     }
 
-    fn spawn_with(&mut self, entity: CommandEntity, setup: ActorSetup) {
+    fn spawn_with(&mut self, entity: Box<CommandEntity>, setup: ActorSetup) {
         let id = entity.id;
         let parent = entity.parent_id;
         let status = entity.status;
@@ -622,7 +654,7 @@ impl CoordinatorActor {
                 "command type is not registered: row left as it is, isolated (register the type and restart)");
             return;
         };
-        let shared_status = setup.status.clone();
+        let shared = setup.shared.clone();
         let mut setup = setup;
         if setup.parent.is_none()
             && let Some(p) = parent.and_then(|p| self.live.get(&p))
@@ -635,8 +667,7 @@ impl CoordinatorActor {
                     id,
                     LiveCommand {
                         addr,
-                        parent,
-                        status: shared_status,
+                        status: shared,
                     },
                 );
                 metrics::gauge!(crate::metrics::COMMANDS, "status" => status.as_str())
@@ -653,7 +684,7 @@ impl CoordinatorActor {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Spawn {
-    entity: CommandEntity,
+    entity: Box<CommandEntity>,
     parked: bool,
     waiter: Option<oneshot::Sender<Outcome>>,
 }
@@ -740,12 +771,17 @@ impl Handler<Rehydrate> for CoordinatorActor {
                 && entity
                     .parent_id
                     .is_some_and(|p| serial_parents.contains(&p));
+            let entity = Box::new(entity);
             if is_parked {
                 self.parked.insert(entity.id, entity);
             } else {
-                let mut setup = ActorSetup::new(StartKind::Rehydrated, entity.status);
+                let mut setup =
+                    ActorSetup::new(StartKind::Rehydrated, entity.status, self.timers.clone());
                 setup.children = children_of.remove(&entity.id).unwrap_or_default();
-                setup.cancelled = cancel_requested.contains(&entity.id);
+                setup
+                    .shared
+                    .cancelled
+                    .set(cancel_requested.contains(&entity.id));
                 self.spawn_with(entity, setup);
             }
         }
@@ -837,11 +873,11 @@ impl Handler<FinishedMsg> for CoordinatorActor {
         let live = self.live.remove(&id);
         self.cancelled.remove(&id);
         if let Some(l) = &live {
-            metrics::gauge!(crate::metrics::COMMANDS, "status" => l.status.get().as_str())
+            metrics::gauge!(crate::metrics::COMMANDS, "status" => l.status.status.get().as_str())
                 .decrement(1.0);
         }
         metrics::gauge!(crate::metrics::LIVE_COMMANDS).set(self.live.len() as f64);
-        let parent = live.and_then(|l| l.parent).or(finished.parent_id);
+        let parent = finished.parent_id;
         match parent {
             Some(_) if finished.parent_told => {}
             Some(parent) => match self.live.get(&parent) {
@@ -943,7 +979,7 @@ impl Handler<Lookup> for CoordinatorActor {
 
     fn handle(&mut self, Lookup(id): Lookup, _: &mut Self::Context) -> Option<LiveView> {
         self.live.get(&id).map(|l| LiveView {
-            status: l.status.get(),
+            status: l.status.status.get(),
             inspect: l.addr.inspector(),
         })
     }

@@ -19,6 +19,7 @@ pub mod messages;
 pub mod metrics;
 pub mod model;
 mod panic;
+mod poll_timers;
 mod registry;
 pub mod store;
 pub mod writer;

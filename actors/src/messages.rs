@@ -5,12 +5,15 @@
 
 use actix::prelude::*;
 
-use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
+use crate::model::{CommandId, CommandStatus, JsonPayload};
 
 /// Time to look at the command's work again (its poll timer fired).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Poll;
+pub struct Poll {
+    /// Which of the command's timers fired: an older one is ignored.
+    pub(crate) generation: u32,
+}
 
 /// Time to run the end method (the status is SUCCEEDED or FAILED, committed).
 #[derive(Message, Debug)]
@@ -38,7 +41,8 @@ pub struct ChildCompleted {
 #[rtype(result = "()")]
 pub struct Cancel;
 
-/// Asks a live command for its current persisted state.
+/// Asks a live command what it knows that its row does not say: its
+/// children, including any submitted by a step still running.
 #[derive(Message, Debug)]
 #[rtype(result = "Inspection")]
 pub struct Inspect;
@@ -46,7 +50,6 @@ pub struct Inspect;
 /// A live command's answer to [`Inspect`].
 #[derive(Debug, Clone, MessageResponse)]
 pub struct Inspection {
-    pub entity: CommandEntity,
     pub children: Vec<CommandId>,
 }
 

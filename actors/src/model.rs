@@ -185,7 +185,9 @@ impl FromStr for CommandStatus {
 /// JSON at all is rejected when it is read, with its id.
 #[derive(Clone)]
 pub struct JsonPayload {
-    class: String,
+    /// The type name: borrowed when encoded here (no allocation per command),
+    /// owned when read from a row.
+    class: std::borrow::Cow<'static, str>,
     json: Box<RawValue>,
 }
 
@@ -194,7 +196,7 @@ impl JsonPayload {
     pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
         let json = serde_json::value::to_raw_value(value)?;
         Ok(Self {
-            class: std::any::type_name::<T>().to_owned(),
+            class: std::borrow::Cow::Borrowed(std::any::type_name::<T>()),
             json,
         })
     }
@@ -202,7 +204,10 @@ impl JsonPayload {
     /// Rebuilds a payload from stored text, checking that it is JSON.
     pub fn from_stored(class: String, json: String) -> Result<Self, serde_json::Error> {
         let json = RawValue::from_string(json)?;
-        Ok(Self { class, json })
+        Ok(Self {
+            class: class.into(),
+            json,
+        })
     }
 
     /// Deserializes the payload into `T`.

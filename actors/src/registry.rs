@@ -23,7 +23,7 @@ pub(crate) trait Factory: Send + Sync {
     /// the row cannot become a command.
     fn spawn(
         &self,
-        entity: CommandEntity,
+        entity: Box<CommandEntity>,
         setup: ActorSetup,
         coordinator: Coordinator,
     ) -> Result<LiveAddr, String>;
@@ -42,7 +42,7 @@ impl<C: Command> Factory for TypedFactory<C> {
 
     fn spawn(
         &self,
-        entity: CommandEntity,
+        entity: Box<CommandEntity>,
         setup: ActorSetup,
         coordinator: Coordinator,
     ) -> Result<LiveAddr, String> {

@@ -20,6 +20,8 @@
 //!   one bad transition fails only its own sender.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,39 +94,59 @@ impl StoreWriter {
 
     /// Queues `transition` and waits until it is committed.
     pub async fn write(&self, transition: Transition) -> Result<(), StoreError> {
-        self.write_then(transition, None).await
+        self.queue(transition, None).await
     }
 
-    /// Like [`write`](Self::write), and runs `on_commit` right after the
-    /// commit, on the writer's task, before any sender of the batch is
-    /// acknowledged.
+    /// Queues `transition` now and returns a future that resolves once it is
+    /// committed. `on_commit`, if any, runs right after the commit, on the
+    /// writer's task, before any sender of the batch is acknowledged, and is
+    /// given the committed transition; it does not run when the transition
+    /// fails.
     ///
-    /// Why: acknowledging a batch of thousands wakes thousands of actors, and
-    /// a message sent by one of them (a child telling its parent that it
-    /// ended) would queue behind all the others. Sent from here, it is
-    /// ahead of them. Not run when the transition fails.
-    pub(crate) async fn write_then(
+    /// Why a hook: acknowledging a batch of thousands wakes thousands of
+    /// tasks, and a message sent by one of them (a child telling its parent
+    /// that it ended, a new command's actor to spawn) would queue behind all
+    /// the others. Sent from here, it is ahead of them.
+    ///
+    /// Why queued at once: the returned future holds only the
+    /// acknowledgement's receiver, so a host awaiting a hundred thousand
+    /// submits holds a hundred thousand small futures, not large ones. Only
+    /// when the queue is full (backpressure) does the wait hold the request.
+    pub(crate) fn queue(
         &self,
         transition: Transition,
         on_commit: Option<OnCommit>,
-    ) -> Result<(), StoreError> {
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let id = transition.command_id();
-        let (ack, done) = oneshot::channel();
-        let stopped = || {
+        let stopped = move || {
             StoreError::new(
                 StoreOp::Apply,
                 Some(id),
                 StoreErrorKind::Unavailable("the store writer has stopped".into()),
             )
         };
-        self.tx
-            .send(Request::Write {
-                transition,
-                waiter: Waiter { ack, on_commit },
-            })
-            .await
-            .map_err(|_| stopped())?;
-        done.await.map_err(|_| stopped())?
+        let (ack, done) = oneshot::channel();
+        let request = Request::Write {
+            transition,
+            waiter: Waiter { ack, on_commit },
+        };
+        let blocked: Option<Pin<Box<dyn Future<Output = bool> + Send>>> =
+            match self.tx.try_send(request) {
+                Ok(()) => None,
+                Err(mpsc::error::TrySendError::Full(request)) => {
+                    let tx = self.tx.clone();
+                    Some(Box::pin(async move { tx.send(request).await.is_ok() }))
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Some(Box::pin(async { false })),
+            };
+        async move {
+            if let Some(send) = blocked
+                && !send.await
+            {
+                return Err(stopped());
+            }
+            done.await.map_err(|_| stopped())?
+        }
     }
 
     /// Waits until every transition queued before this call is committed.
@@ -138,9 +160,9 @@ impl StoreWriter {
 
 type Ack = oneshot::Sender<Result<(), StoreError>>;
 
-/// Work to run the moment a transition is committed (see
-/// [`StoreWriter::write_then`]).
-pub(crate) type OnCommit = Box<dyn FnOnce() + Send>;
+/// Work to run the moment a transition is committed, given the transition
+/// (see [`StoreWriter::queue`]).
+pub(crate) type OnCommit = Box<dyn FnOnce(Option<Transition>) + Send>;
 
 /// One sender waiting for a transition's commit.
 struct Waiter {
@@ -325,11 +347,15 @@ async fn try_commit(
             drop(lane);
             metrics::histogram!(crate::metrics::WRITE_BATCH_SIZE).record(transitions.len() as f64);
             // Commit hooks first: what they send is ahead of the wake-ups
-            // of every sender below.
-            let mut waiters: Vec<Waiter> = senders.into_iter().flatten().collect();
-            for waiter in &mut waiters {
-                if let Some(on_commit) = waiter.on_commit.take() {
-                    on_commit();
+            // of every sender below. The first hook of a transition gets it.
+            let mut waiters: Vec<Waiter> = Vec::with_capacity(senders.len());
+            for (transition, group) in transitions.into_iter().zip(senders) {
+                let mut transition = Some(transition);
+                for mut waiter in group {
+                    if let Some(on_commit) = waiter.on_commit.take() {
+                        on_commit(transition.take());
+                    }
+                    waiters.push(waiter);
                 }
             }
             // Wake the senders a slice at a time, yielding in between: each
