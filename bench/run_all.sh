@@ -32,6 +32,11 @@ for _ in 1 2 3; do run 300 tree; done
 run 300 rehydrate
 run 300 rehydrate --commands 1000000
 run 300 idle
+# The same with all 100,000 submits spawned at once: RSS then also holds what
+# the allocator keeps of 100,000 concurrent host tasks.
+run 300 idle --submit-window 0
 run 900 cleanup
-# Where cleanup's time goes: the same without the pause between batches.
+# The trade-off of row-by-row deletes under full load: no pause, longer pauses.
 run 900 cleanup --cleanup-pause-ms 0
+run 900 cleanup --cleanup-pause-ms 20
+run 900 cleanup --cleanup-pause-ms 50

@@ -130,8 +130,10 @@ enum Mode {
         commands: usize,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
-        /// Submits awaiting their commit at once (0: all N at once).
-        #[arg(long, default_value_t = 0)]
+        /// Submits awaiting their commit at once, as a host feeding work in
+        /// steadily has (0: all N spawned at once, so that RSS also holds
+        /// what the allocator keeps of N concurrent host tasks).
+        #[arg(long, default_value_t = 1_000)]
         submit_window: usize,
     },
     /// Cleanup of expired rows while a flat load runs: rows/s and the flat slowdown.
