@@ -35,7 +35,7 @@ run 300 idle
 # The same with all 100,000 submits spawned at once: RSS then also holds what
 # the allocator keeps of 100,000 concurrent host tasks.
 run 300 idle --submit-window 0
-run 900 cleanup
+run 900 cleanup --with-ceiling
 # The trade-off of row-by-row deletes under full load: no pause, longer pauses.
 run 900 cleanup --cleanup-pause-ms 0
 run 900 cleanup --cleanup-pause-ms 20

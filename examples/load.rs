@@ -91,7 +91,8 @@ struct Common {
     #[arg(long, global = true, default_value_t = 8)]
     pool_size: usize,
     /// Run bench/ceiling.sh against the same server before the mode and
-    /// report the ratio to its batched figure.
+    /// report the ratio to its batched figure (for `cleanup`:
+    /// bench/cleanup_ceiling.sh, its figures prefixed `pg_alone_`).
     #[arg(long, global = true)]
     with_ceiling: bool,
     /// The batched pgbench ceiling in lifecycles/s, measured elsewhere.
@@ -489,7 +490,15 @@ async fn run(
         .into(),
     );
 
+    // Cleanup's yardstick is what deleting costs PostgreSQL alone.
+    let cleanup_ceiling = match (&cli.mode, common.with_ceiling) {
+        (Mode::Cleanup { .. }, true) => {
+            Some(run_script("cleanup_ceiling.sh", &url, common.json_only)?)
+        }
+        _ => None,
+    };
     let ceiling = match (common.with_ceiling, common.ceiling_batched) {
+        _ if cleanup_ceiling.is_some() => None,
         (true, _) => Some(run_ceiling(&url, common.json_only)?),
         (false, Some(batched)) => Some(Ceiling {
             batched,
@@ -552,6 +561,11 @@ async fn run(
         }
     };
     out.extend(report.figures);
+    if let Some(Value::Object(db)) = cleanup_ceiling {
+        for (key, value) in db {
+            out.insert(format!("pg_alone_{key}"), value);
+        }
+    }
 
     if let Some(ceiling) = ceiling {
         out.insert("ceiling_lifecycles_per_s".into(), ceiling.batched.into());
@@ -601,12 +615,22 @@ struct Ceiling {
 /// Runs `bash bench/ceiling.sh URL` (before the mode, so that the two do not
 /// compete for the machine) and reads its last stdout line.
 fn run_ceiling(url: &str, json_only: bool) -> Result<Ceiling, BoxError> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/ceiling.sh");
+    let v = run_script("ceiling.sh", url, json_only)?;
+    let get = |k: &str| v.get(k).and_then(Value::as_f64);
+    Ok(Ceiling {
+        batched: get("batched_lifecycles_per_s").ok_or("no batched_lifecycles_per_s")?,
+        single: get("single_lifecycles_per_s"),
+    })
+}
+
+/// Runs `bash bench/<script> URL` and returns the JSON of its last line.
+fn run_script(script: &str, url: &str, json_only: bool) -> Result<Value, BoxError> {
+    let script = format!("{}/bench/{script}", env!("CARGO_MANIFEST_DIR"));
     if !json_only {
-        println!("running {script} (pgbench, about 25 s)");
+        println!("running {script} (pgbench)");
     }
     let output = std::process::Command::new("bash")
-        .arg(script)
+        .arg(&script)
         .arg(url)
         .stderr(if json_only {
             std::process::Stdio::null()
@@ -615,19 +639,14 @@ fn run_ceiling(url: &str, json_only: bool) -> Result<Ceiling, BoxError> {
         })
         .output()?;
     if !output.status.success() {
-        return Err(format!("bench/ceiling.sh failed ({})", output.status).into());
+        return Err(format!("{script} failed ({})", output.status).into());
     }
     let stdout = String::from_utf8(output.stdout)?;
     let last = stdout
         .lines()
         .last()
-        .ok_or("bench/ceiling.sh printed nothing")?;
-    let v: Value = serde_json::from_str(last)?;
-    let get = |k: &str| v.get(k).and_then(Value::as_f64);
-    Ok(Ceiling {
-        batched: get("batched_lifecycles_per_s").ok_or("no batched_lifecycles_per_s")?,
-        single: get("single_lifecycles_per_s"),
-    })
+        .ok_or_else(|| format!("{script} printed nothing"))?;
+    Ok(serde_json::from_str(last)?)
 }
 
 // ---------------------------------------------------------------------------
