@@ -328,13 +328,14 @@ struct Bench {
 }
 
 impl Bench {
-    fn store(&self) -> PgStore {
-        PgStore::new(self.pool.clone(), self.schema.clone())
-    }
-
     /// A coordinator builder over this mode's schema with every bench type.
     fn builder(&self) -> CoordinatorBuilder {
-        Coordinator::builder(self.store())
+        self.builder_for(&self.schema)
+    }
+
+    /// A coordinator builder over another schema, with every bench type.
+    fn builder_for(&self, schema: &SchemaName) -> CoordinatorBuilder {
+        Coordinator::builder(PgStore::new(self.pool.clone(), schema.clone()))
             .config(self.config())
             .register::<Noop>()
             .register::<TreeParent>()
@@ -1019,28 +1020,25 @@ async fn idle(
 /// measured first without cleanup, then `cleanup_now()` runs while flat
 /// rounds of `N` keep going. Reports the cleanup's rows/s and the flat rate
 /// during cleanup as a fraction of the first one.
-async fn cleanup(
-    bench: &Bench,
-    expired: usize,
-    commands: usize,
-    cleanup: CleanupConfig,
-) -> Result<Report, BoxError> {
+/// Writes `expired` ended roots (ended one second apart from 30 days ago on)
+/// into a freshly migrated `schema`.
+async fn write_expired(bench: &Bench, schema: &SchemaName, expired: usize) -> Result<(), BoxError> {
     bench
-        .within("migrate", migrate(&bench.pool, &bench.schema))
+        .within("migrate", migrate(&bench.pool, schema))
         .await??;
+    let table = format!("{}.command_entities", schema.quoted());
     let insert_start = Instant::now();
     let rows = bench
         .execute_sql(
             &format!(
-                "INSERT INTO {} (command_id, command_type, root_command_id, command_parameters, \
+                "INSERT INTO {table} (command_id, command_type, root_command_id, command_parameters, \
                    command_params_class, created_at, updated_at, ended_at, status, \
                    callback_enabled, callback_notified, executed, return_value, return_value_class) \
                  SELECT id, $2, id, '{{\"i\":0}}', $3, ended - interval '1 minute', ended, ended, \
                    'ENDED_SUCCESSFULLY', true, true, true, 'null', '()' \
                  FROM (SELECT gen_random_uuid() AS id, \
                          now() - interval '30 days' + i * interval '1 second' AS ended \
-                       FROM generate_series(1, $1::bigint) i) g",
-                bench.table()
+                       FROM generate_series(1, $1::bigint) i) g"
             ),
             &[
                 &(expired as i64),
@@ -1049,13 +1047,22 @@ async fn cleanup(
             ],
         )
         .await?;
-    bench
-        .execute_sql(&format!("ANALYZE {}", bench.table()), &[])
-        .await?;
+    bench.execute_sql(&format!("ANALYZE {table}"), &[]).await?;
     bench.say(format!(
-        "cleanup: {rows} expired ended roots written in {:.1} s",
+        "cleanup: {rows} expired ended roots written into {} in {:.1} s",
+        schema.as_str(),
         insert_start.elapsed().as_secs_f64()
     ));
+    Ok(())
+}
+
+async fn cleanup(
+    bench: &Bench,
+    expired: usize,
+    commands: usize,
+    cleanup: CleanupConfig,
+) -> Result<Report, BoxError> {
+    write_expired(bench, &bench.schema, expired).await?;
 
     let batch = cleanup.batch;
     let pause_ms = cleanup.pause.as_millis() as u64;
@@ -1117,14 +1124,52 @@ async fn cleanup(
     let count: usize = rounds.iter().map(|r| r.count).sum();
     let time: f64 = rounds.iter().map(|r| r.elapsed.as_secs_f64()).sum();
     let during_rate = count as f64 / time;
-    let ratio = during_rate / alone.rate();
+
+    // The control: the same rounds without cleanup, from the same start (a
+    // fresh schema with the same expired rows). Each round adds its rows, so
+    // a first round on the fresh table alone would flatter "without cleanup".
+    let control = SchemaName::new(format!("{}_control", bench.schema.as_str()))?;
+    write_expired(bench, &control, expired).await?;
+    let coordinator = bench
+        .within(
+            "start control",
+            bench
+                .builder_for(&control)
+                .config(RuntimeConfig {
+                    cleanup: CleanupConfig {
+                        // Never during the control.
+                        interval: Duration::from_secs(24 * 3600),
+                        ..CleanupConfig::default()
+                    },
+                    ..bench.config()
+                })
+                .start(),
+        )
+        .await??;
+    warm_up(bench, &coordinator).await?;
+    let mut control_count = 0;
+    let mut control_time = 0.0;
+    for _ in 0..rounds.len().max(1) {
+        let bar = bench.progress(commands as u64, "flat, control");
+        let round = flat_round(bench, &coordinator, commands, &bar).await?;
+        bar.finish_and_clear();
+        control_count += round.count;
+        control_time += round.elapsed.as_secs_f64();
+    }
+    coordinator.shutdown().await;
+    bench
+        .execute_sql(&format!("DROP SCHEMA {} CASCADE", control.quoted()), &[])
+        .await?;
+    let control_rate = control_count as f64 / control_time;
+    let ratio = during_rate / control_rate;
     let rows_per_s = removed as f64 / cleanup_s;
     bench.say(format!(
         "cleanup: removed {removed} rows in {cleanup_s:.2} s = {rows_per_s:.0} rows/s \
          (batch {batch}, pause {pause_ms} ms)"
     ));
     bench.say(format!(
-        "cleanup: flat during cleanup {during_rate:.0} lifecycles/s over {} round(s){} = {:.0} % of {:.0}/s",
+        "cleanup: flat during cleanup {during_rate:.0} lifecycles/s over {} round(s){} = {:.0} % of {:.0}/s \
+         (the same rounds without cleanup)",
         rounds.len(),
         if full_overlap {
             ""
@@ -1132,7 +1177,7 @@ async fn cleanup(
             " (partial overlap)"
         },
         ratio * 100.0,
-        alone.rate()
+        control_rate
     ));
 
     let mut report = Report::default();
@@ -1143,7 +1188,8 @@ async fn cleanup(
     report.set("removed", removed);
     report.set("cleanup_s", round3(cleanup_s));
     report.set("cleanup_rows_per_s", round_to(rows_per_s, 0));
-    report.set("lifecycles_per_s", round_to(alone.rate(), 0));
+    report.set("lifecycles_per_s", round_to(control_rate, 0));
+    report.set("lifecycles_per_s_first_round", round_to(alone.rate(), 0));
     report.set("lifecycles_per_s_during_cleanup", round_to(during_rate, 0));
     report.set("flat_rounds_during_cleanup", rounds.len());
     report.set("flat_full_overlap", full_overlap);
