@@ -42,15 +42,8 @@ BATCH=${CEILING_BATCH:-100}
 SCHEMA=bench_ceiling
 HERE=$(cd "$(dirname "$0")" && pwd)
 
-find_bin() {
-  if [[ -n ${PG_BIN_DIR:-} && -x $PG_BIN_DIR/$1 ]]; then echo "$PG_BIN_DIR/$1"; return; fi
-  if command -v "$1" >/dev/null 2>&1; then command -v "$1"; return; fi
-  local newest
-  newest=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-  if [[ -n $newest && -x $newest/$1 ]]; then echo "$newest/$1"; return; fi
-  echo "ceiling.sh: $1 not found (install postgresql-client or set PG_BIN_DIR)" >&2
-  exit 1
-}
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
 PSQL=$(find_bin psql)
 PGBENCH=$(find_bin pgbench)
 
