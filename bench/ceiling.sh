@@ -44,8 +44,6 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 
 # shellcheck source=bench/lib.sh
 source "$HERE/lib.sh"
-PSQL=$(find_bin psql)
-PGBENCH=$(find_bin pgbench)
 
 log() { printf 'ceiling: %s\n' "$*" >&2; }
 
@@ -72,7 +70,7 @@ TPS_SINGLE=$(run lifecycle_single.sql)
 TPS_BATCHED=$(run lifecycle_batched.sql)
 
 SINGLE=$(awk -v t="$TPS_SINGLE" 'BEGIN{printf "%.0f", t}')
-BATCHED=$(awk -v t="$TPS_BATCHED" -v b="$BATCH" 'BEGIN{printf "%.0f", t * b}')
+BATCHED=$(lifecycles "$TPS_BATCHED")
 log "single:  $SINGLE lifecycles/s (5 commits each)"
 log "batched: $BATCHED lifecycles/s ($BATCH per statement)"
 

@@ -34,8 +34,6 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 
 # shellcheck source=bench/lib.sh
 source "$HERE/lib.sh"
-PSQL=$(find_bin psql)
-PGBENCH=$(find_bin pgbench)
 log() { printf 'cleanup-ceiling: %s\n' "$*" >&2; }
 sql() { PGOPTIONS="-c search_path=$SCHEMA -c client_min_messages=warning" "$PSQL" "$URL" -X -q -v ON_ERROR_STOP=1 "$@" >&2; }
 
@@ -86,7 +84,7 @@ for m in "$HERE"/../migrations/V*.sql; do sql -f "$m"; done
 
 fill
 ALONE=$(flat)
-log "flat alone: $(awk -v t="$ALONE" -v b="$BATCH" 'BEGIN{printf "%.0f", t*b}') lifecycles/s"
+log "flat alone: $(lifecycles "$ALONE") lifecycles/s"
 
 fill
 FULL_DIR=$(mktemp -d)
@@ -94,7 +92,7 @@ flat >"$FULL_DIR/flat" &
 cleanup >"$FULL_DIR/cleanup"
 wait
 FULL_FLAT=$(cat "$FULL_DIR/flat") FULL_DEL=$(deleted_per_s)
-log "with full-speed deletes: flat $(awk -v t="$FULL_FLAT" -v b="$BATCH" 'BEGIN{printf "%.0f", t*b}')/s, deletes $FULL_DEL rows/s"
+log "with full-speed deletes: flat $(lifecycles "$FULL_FLAT")/s, deletes $FULL_DEL rows/s"
 
 fill
 RATE=$(( TARGET_ROWS / ROWS ))
@@ -103,7 +101,7 @@ cleanup -R "$RATE" >"$FULL_DIR/cleanup"
 wait
 PACED_FLAT=$(cat "$FULL_DIR/flat") PACED_DEL=$(deleted_per_s)
 rm -rf "$FULL_DIR"
-log "with deletes paced to $TARGET_ROWS rows/s: flat $(awk -v t="$PACED_FLAT" -v b="$BATCH" 'BEGIN{printf "%.0f", t*b}')/s, deletes $PACED_DEL rows/s"
+log "with deletes paced to $TARGET_ROWS rows/s: flat $(lifecycles "$PACED_FLAT")/s, deletes $PACED_DEL rows/s"
 
 # 4. Partitioned: the coordinator's columns and indexes (V1..V3), the primary
 # key extended by the partition key (PostgreSQL requires it), the expired rows
@@ -128,7 +126,7 @@ part_fill() {
 }
 part_fill
 PART_ALONE=$(flat)
-log "partitioned, flat alone: $(awk -v t="$PART_ALONE" -v b="$BATCH" 'BEGIN{printf "%.0f", t*b}') lifecycles/s"
+log "partitioned, flat alone: $(lifecycles "$PART_ALONE") lifecycles/s"
 part_fill
 DIR=$(mktemp -d)
 flat >"$DIR/flat" &
@@ -139,7 +137,7 @@ DROP_MS=$(( ($(date +%s%N) - START_NS) / 1000000 ))
 wait
 PART_FLAT=$(cat "$DIR/flat")
 rm -rf "$DIR"
-log "partitioned, flat while $EXPIRED expired rows go by DETACH + DROP ($DROP_MS ms, psql start included): $(awk -v t="$PART_FLAT" -v b="$BATCH" 'BEGIN{printf "%.0f", t*b}')/s"
+log "partitioned, flat while $EXPIRED expired rows go by DETACH + DROP ($DROP_MS ms, psql start included): $(lifecycles "$PART_FLAT")/s"
 
 PGOPTIONS="-c client_min_messages=warning" "$PSQL" "$URL" -X -q -c "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >&2 || true
 

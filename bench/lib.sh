@@ -11,3 +11,10 @@ find_bin() {
   echo "$(basename "$0"): $1 not found (install postgresql-client or set PG_BIN_DIR)" >&2
   exit 1
 }
+
+PSQL=$(find_bin psql)
+PGBENCH=$(find_bin pgbench)
+
+# lifecycles TPS: pgbench's tps of the batched script as lifecycles/s
+# ($BATCH commands per script execution).
+lifecycles() { awk -v t="$1" -v b="$BATCH" 'BEGIN{printf "%.0f", t * b}'; }
