@@ -11,7 +11,13 @@ use support::{builder, fresh_db, within};
 
 /// Bytes of heap in use (glibc's `mallinfo2().uordblks`): what a leak grows.
 /// Unlike RSS, it does not move when the allocator keeps freed memory or
-/// when a burst sets a new peak.
+/// when a burst sets a new peak. (Other C libraries: RSS, a coarser measure.)
+#[cfg(not(target_env = "gnu"))]
+fn heap_in_use() -> u64 {
+    rss()
+}
+
+#[cfg(target_env = "gnu")]
 fn heap_in_use() -> u64 {
     #[repr(C)]
     struct MallInfo2 {

@@ -101,7 +101,9 @@ impl PollTimers {
                 Some(_) => {}
             }
             let mut inner = self.0.inner.borrow_mut();
-            let now = inner.slot_of(Instant::now());
+            // Whole slots that have begun: a slot is due once its time came
+            // (rounding now up would fire entries up to one slot early).
+            let now = inner.slots_passed(Instant::now());
             // Everything due up to now: split off what is later, keep it.
             let later = inner.slots.split_off(&(now + 1));
             let due = std::mem::replace(&mut inner.slots, later);
@@ -119,6 +121,12 @@ impl Inner {
         let since = at.saturating_duration_since(self.origin);
         since.as_nanos().div_ceil(RESOLUTION.as_nanos()) as u64
     }
+
+    /// The slots whose time has come by `now`, rounded down.
+    fn slots_passed(&self, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(self.origin);
+        (since.as_nanos() / RESOLUTION.as_nanos()) as u64
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +137,8 @@ mod tests {
     async fn polls_come_due_in_order_never_early() {
         let timers = PollTimers::new();
         let (a, b, c) = (CommandId::new(), CommandId::new(), CommandId::new());
+        // Off the millisecond grid, so that rounding has something to round.
+        tokio::time::advance(Duration::from_micros(300)).await;
         let start = Instant::now();
         timers.schedule(b, 1, Duration::from_millis(20));
         timers.schedule(a, 7, Duration::from_millis(10));
