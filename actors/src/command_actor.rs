@@ -1219,19 +1219,20 @@ impl<C: Command> CommandActor<C> {
         self.finished = true;
         debug!(command_id = %self.id(), status = %self.row.status, "command finished");
         let ended = std::time::Instant::now();
+        let completion = ChildCompleted {
+            ended: Some(ended),
+            child: self.id(),
+            command_type: self.row.command_type,
+            status: self.row.status,
+            output: self.return_value().cloned(),
+            failure_reason: self.failure_reason().map(str::to_owned),
+        };
         // Push to the parent first: this is the path its decision waits on.
         // (Usually the writer did, right after the commit.)
         let parent_told = self.parent_told
             || match self.parent.take() {
                 Some(parent) => {
-                    parent.child_completed(ChildCompleted {
-                        ended: Some(ended),
-                        child: self.id(),
-                        command_type: self.row.command_type,
-                        status: self.row.status,
-                        output: self.return_value().cloned(),
-                        failure_reason: self.failure_reason().map(str::to_owned),
-                    });
+                    parent.child_completed(completion.clone());
                     true
                 }
                 None => false,
@@ -1239,12 +1240,12 @@ impl<C: Command> CommandActor<C> {
         self.coordinator.finished(Finished {
             ended,
             parent_told,
-            id: self.id(),
+            id: completion.child,
             parent_id: self.row.parent_id,
-            command_type: self.row.command_type,
-            status: self.row.status,
-            output: self.return_value().cloned(),
-            failure_reason: self.failure_reason().map(str::to_owned),
+            command_type: completion.command_type,
+            status: completion.status,
+            output: completion.output,
+            failure_reason: completion.failure_reason,
         });
     }
 }
