@@ -88,7 +88,7 @@ impl PollTimers {
                 let mut inner = self.0.inner.borrow_mut();
                 let next = inner.slots.keys().next().copied();
                 inner.armed_for = next;
-                next.map(|slot| inner.origin + RESOLUTION * slot as u32)
+                next.map(|slot| inner.time_of(slot))
             };
             match next {
                 None => self.0.wake.notified().await,
@@ -98,6 +98,9 @@ impl PollTimers {
                         _ = self.0.wake.notified() => continue,
                     }
                 }
+                // Due already: take it below. (`time_of` is exact for any
+                // slot, so a slot in the future is never mistaken for one in
+                // the past and this loop always sleeps when nothing is due.)
                 Some(_) => {}
             }
             let mut inner = self.0.inner.borrow_mut();
@@ -116,6 +119,19 @@ impl PollTimers {
 }
 
 impl Inner {
+    /// When `slot` begins. In whole `u64` slots: a `u32` factor (as
+    /// `Duration * u32` takes) wraps after 2^32 ms, 49.7 days of uptime,
+    /// and put every later wake-up in the past, so that the driver spun
+    /// without ever awaiting and starved the arbiter.
+    fn time_of(&self, slot: u64) -> Instant {
+        let nanos = u128::from(slot) * RESOLUTION.as_nanos();
+        let since = Duration::new(
+            (nanos / 1_000_000_000) as u64,
+            (nanos % 1_000_000_000) as u32,
+        );
+        self.origin + since
+    }
+
     /// The slot of `at`, rounded up (a poll never comes early).
     fn slot_of(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.origin);
@@ -150,6 +166,54 @@ mod tests {
         assert_eq!(timers.next_due().await, vec![(b, 1), (c, 2)]);
         assert!(start.elapsed() >= Duration::from_millis(20));
         assert_eq!(timers.len(), 0);
+    }
+
+    #[test]
+    fn a_slot_maps_back_to_its_own_time_far_beyond_49_days() {
+        let timers = PollTimers::new();
+        let inner = timers.0.inner.borrow();
+        // 2^32 ms is 49.7 days; a host runs for years.
+        for slot in [
+            0,
+            1,
+            u32::MAX as u64,
+            u32::MAX as u64 + 2,
+            10 * 365 * 86_400_000,
+        ] {
+            let at = inner.time_of(slot);
+            assert_eq!(inner.slot_of(at), slot, "slot {slot}");
+            assert_eq!(inner.slots_passed(at), slot, "slot {slot}");
+        }
+    }
+
+    /// The driver, after more than 2^32 ms of uptime, sleeps until a poll is
+    /// due instead of spinning. Run on a thread of its own so that a spinning
+    /// driver (which never yields) fails the test instead of hanging it.
+    #[test]
+    fn the_driver_sleeps_after_fifty_days_of_uptime() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let result = runtime.block_on(async {
+                let timers = PollTimers::new();
+                tokio::time::advance(Duration::from_secs(50 * 86_400)).await;
+                let start = Instant::now();
+                let id = CommandId::new();
+                timers.schedule(id, 1, Duration::from_secs(2));
+                let due = timers.next_due().await;
+                (due == vec![(id, 1)], start.elapsed())
+            });
+            let _ = done_tx.send(result);
+        });
+        let (got_it, waited) = done_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the poll driver spun instead of sleeping until the poll was due");
+        assert!(got_it);
+        assert!(waited >= Duration::from_secs(2), "came early: {waited:?}");
     }
 
     #[tokio::test(start_paused = true)]
