@@ -249,6 +249,10 @@ pub struct CommandContext {
     pub(crate) submitted: Rc<RefCell<Vec<(CommandId, i32)>>>,
     /// Set for calls of end methods: the transaction may be opened.
     pub(crate) in_end_method: bool,
+    /// Cleared for end methods and `finalize`: the end is a command's last
+    /// step, so children cannot be submitted from it (see
+    /// [`CommandContext::submit_child`]).
+    pub(crate) may_submit_children: bool,
     /// True when this command was rebuilt from its row (start-up or a restart
     /// after a panic) since its status was last committed.
     pub(crate) resumed: bool,
@@ -352,7 +356,25 @@ impl CommandContext {
     /// Persists `child` (with this command as parent and this command's root
     /// as root) and starts it, or, for a serial parent, queues it behind the
     /// children submitted before it. Returns once the child's row is committed.
+    ///
+    /// Only from `execute`, `on_executed` and `poll`: from an end method or
+    /// `finalize` it fails with [`CoordinatorError::ChildFromEndMethod`] and
+    /// persists nothing. A parent's end is its last step: a child submitted
+    /// there would outlive the end that its parent already committed (and,
+    /// with [`crate::OnRootEnd::Remove`], have its row deleted under it),
+    /// and every retried end attempt would submit it again. Follow-up work
+    /// that must happen after an end belongs in a new root command
+    /// (`ctx.coordinator().submit(..)`), keyed so that a retried end does
+    /// not submit it twice.
     pub async fn submit_child<C: Command>(&self, child: C) -> Result<CommandId, CoordinatorError> {
+        if !self.may_submit_children {
+            return Err(CoordinatorError::ChildFromEndMethod { parent: self.id });
+        }
+        if self.cancelled.cancelled.get() {
+            // Born cancelled: the child is persisted (so the parent sees and
+            // waits for it) but fails without running.
+            tracing::debug!(parent = %self.id, "child submitted after cancellation: it is born cancelled");
+        }
         let id = self
             .coordinator
             .submit_with_parent(

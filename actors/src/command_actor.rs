@@ -349,6 +349,7 @@ impl<C: Command> CommandActor<C> {
             coordinator: self.coordinator.clone(),
             submitted: Rc::new(RefCell::new(Vec::new())),
             in_end_method: false,
+            may_submit_children: true,
             resumed: self.resumed,
             end_tx: RefCell::new(None),
             store_unavailable: std::cell::Cell::new(false),
@@ -880,7 +881,7 @@ impl<C: Command> CommandActor<C> {
             .map_or_else(|| self.row.status.to_string(), str::to_owned);
         let mut cctx = self.context();
         cctx.in_end_method = true;
-        let submitted = cctx.submitted.clone();
+        cctx.may_submit_children = false;
         let fut = async move {
             let result = match &output {
                 Some(Ok(output)) => CatchUnwind::new(command.end_successfully(output, &cctx)).await,
@@ -895,7 +896,6 @@ impl<C: Command> CommandActor<C> {
         .instrument(self.span());
         ctx.spawn(fut.into_actor(self).map(move |(command, cctx, result), act, ctx| {
             act.busy = false;
-            act.record_submitted(&submitted.borrow());
             act.end_attempts += 1;
             let tx = cctx.end_tx.borrow_mut().take();
             match result {
@@ -1344,9 +1344,33 @@ impl<C: Command> Handler<Cancel> for CommandActor<C> {
         if self.shared.cancelled.replace(true) {
             return;
         }
-        // A running step sees the flag through its context and finishes
-        // first; the next step (advance/evaluate) fails the command.
-        if !self.busy {
+        // The whole hierarchy below is cancelled, including children whose
+        // rows were committed after the request marked the tree in the
+        // database (children submitted later are born cancelled).
+        let open_children: Vec<CommandId> = self
+            .children()
+            .iter()
+            .filter(|c| !c.status.is_ended())
+            .map(|c| c.id)
+            .collect();
+        if !open_children.is_empty() {
+            self.coordinator.cancel_children(open_children);
+        }
+        if !matches!(
+            self.row.status,
+            CommandStatus::NotStarted | CommandStatus::Active
+        ) {
+            // The outcome is known: cancellation changes nothing, and the end
+            // action keeps its own schedule (a retry waiting for its delay
+            // must not be started early).
+            return;
+        }
+        if self.busy {
+            // A running step sees the flag through its context; once it
+            // returns, the command is evaluated at once (not at its next
+            // poll) and fails as cancelled.
+            self.reevaluate = true;
+        } else {
             self.poll_armed = false;
             self.advance(ctx);
         }

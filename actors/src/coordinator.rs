@@ -64,6 +64,14 @@ pub enum CoordinatorError {
     /// The coordinator has shut down.
     #[error("the coordinator has stopped")]
     Stopped,
+    /// `submit_child` was called from an end method or `finalize`: a
+    /// parent's end is its last step (see [`crate::CommandContext::submit_child`]).
+    #[error(
+        "command {parent}: children cannot be submitted from an end method or finalize \
+         (the end is a command's last step); submit follow-up work from execute or poll, \
+         or as a new root command"
+    )]
+    ChildFromEndMethod { parent: CommandId },
 }
 
 /// Why a coordinator could not start.
@@ -334,6 +342,11 @@ impl Coordinator {
         self.shared.addr.do_send(FinishedMsg(msg));
     }
 
+    /// Cancels these children of a cancelled command (see `Cancel`).
+    pub(crate) fn cancel_children(&self, ids: Vec<CommandId>) {
+        self.shared.addr.do_send(CancelChildren(ids));
+    }
+
     pub(crate) fn start_child(&self, msg: ChildStart) {
         self.shared.addr.do_send(msg);
     }
@@ -362,6 +375,17 @@ impl Coordinator {
                 what: "parameters",
                 error,
             })?;
+        // The row is all a restart (or a panic's reload) has: parameters that
+        // do not decode back (an f64 NaN is written as null, a
+        // `skip_serializing` field without a default is missing) would leave
+        // a committed row that no actor can be built from, and an `execute`
+        // waiting for it forever. Refused here, before anything is written.
+        if let Err(error) = parameters.decode::<C>() {
+            return Err(CoordinatorError::Serialization {
+                what: "parameters (they do not decode back into the command type)",
+                error,
+            });
+        }
         // Boxed once here: the same allocation goes through the writer to the
         // coordinator and becomes the actor's row.
         let mut entity = Box::new(CommandEntity::new(
@@ -634,12 +658,60 @@ impl CoordinatorActor {
         }
     }
 
+    /// Starts a command persisted in this process (or a parked child), or,
+    /// when no actor can be built from its row, ends it with failure so that
+    /// no `execute` and no parent waits for it forever. (Submit refuses
+    /// parameters that do not decode back, so this is a last line only.)
     fn spawn(&mut self, entity: Box<CommandEntity>, start: StartKind) {
         let setup = ActorSetup::new(start, entity.status, self.timers.clone());
-        self.spawn_with(entity, setup);
+        let (id, parent_id, command_type) = (entity.id, entity.parent_id, entity.command_type);
+        if let Err(reason) = self.spawn_with(entity, setup) {
+            self.end_unstartable(id, parent_id, command_type, reason);
+        }
     }
 
-    fn spawn_with(&mut self, entity: Box<CommandEntity>, setup: ActorSetup) {
+    /// Ends a command that never ran, with failure, and tells its parent and
+    /// waiters once that is committed.
+    fn end_unstartable(
+        &mut self,
+        id: CommandId,
+        parent_id: Option<CommandId>,
+        command_type: i32,
+        reason: String,
+    ) {
+        let reason = format!("cannot be started: {reason}");
+        let mut update = crate::store::CommandUpdate::new(id);
+        update.status = Some(CommandStatus::EndedWithFailure);
+        update.notified = Some(true);
+        update.failure_reason = Some(reason.clone());
+        let handle = self.handle.clone();
+        let write = self
+            .handle
+            .shared
+            .writer
+            .queue(Transition::Update(update), None);
+        actix::spawn(async move {
+            match write.await {
+                Ok(()) => handle.finished(Finished {
+                    ended: std::time::Instant::now(),
+                    parent_told: false,
+                    id,
+                    parent_id,
+                    command_type,
+                    status: CommandStatus::EndedWithFailure,
+                    output: None,
+                    failure_reason: Some(reason),
+                }),
+                Err(e) => {
+                    error!(command_id = %id, error = %e, "could not end a command that cannot be started; its row stays NOT_STARTED")
+                }
+            }
+        });
+    }
+
+    /// Builds and starts the actor; `Err(reason)` when none can be built
+    /// from the row (the row is left as it is, and logged).
+    fn spawn_with(&mut self, entity: Box<CommandEntity>, setup: ActorSetup) -> Result<(), String> {
         let id = entity.id;
         let parent = entity.parent_id;
         let status = entity.status;
@@ -652,14 +724,23 @@ impl CoordinatorActor {
         else {
             error!(command_id = %id, r#type = entity.command_type,
                 "command type is not registered: row left as it is, isolated (register the type and restart)");
-            return;
+            return Err(format!(
+                "command type {} is not registered",
+                entity.command_type
+            ));
         };
         let shared = setup.shared.clone();
         let mut setup = setup;
-        if setup.parent.is_none()
-            && let Some(p) = parent.and_then(|p| self.live.get(&p))
-        {
-            setup.parent = Some(p.addr.clone_handle());
+        if let Some(p) = parent.and_then(|p| self.live.get(&p)) {
+            if setup.parent.is_none() {
+                setup.parent = Some(p.addr.clone_handle());
+            }
+            // Children of a cancelled command are born cancelled: not one
+            // step of theirs runs (a child submitted after the request
+            // would otherwise never hear of it, and its parent wait forever).
+            if p.status.cancelled.get() && !setup.shared.cancelled.replace(true) {
+                self.cancelled.insert(id);
+            }
         }
         match factory.spawn(entity, setup, self.handle.clone()) {
             Ok(addr) => {
@@ -673,9 +754,11 @@ impl CoordinatorActor {
                 metrics::gauge!(crate::metrics::COMMANDS, "status" => status.as_str())
                     .increment(1.0);
                 metrics::gauge!(crate::metrics::LIVE_COMMANDS).set(self.live.len() as f64);
+                Ok(())
             }
             Err(reason) => {
                 error!(command_id = %id, %reason, "command cannot be rebuilt: row left as it is, isolated");
+                Err(reason)
             }
         }
     }
@@ -782,7 +865,9 @@ impl Handler<Rehydrate> for CoordinatorActor {
                     .shared
                     .cancelled
                     .set(cancel_requested.contains(&entity.id));
-                self.spawn_with(entity, setup);
+                // A row that cannot be rebuilt stays isolated (logged): an
+                // operator may register its type and restart.
+                let _ = self.spawn_with(entity, setup);
             }
         }
         // Parked ones (and the bookkeeping of the live ones) as usual.
@@ -932,6 +1017,21 @@ impl Handler<FinishedMsg> for CoordinatorActor {
             for waiter in waiters {
                 let _ = waiter.send(outcome.clone());
             }
+        }
+    }
+}
+
+/// A cancelled command's children that had not ended: cancel them too.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CancelChildren(Vec<CommandId>);
+
+impl Handler<CancelChildren> for CoordinatorActor {
+    type Result = ();
+
+    fn handle(&mut self, CancelChildren(ids): CancelChildren, _: &mut Self::Context) {
+        for id in ids {
+            self.cancel_one(id);
         }
     }
 }
