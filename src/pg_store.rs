@@ -268,6 +268,9 @@ pub struct PgStore {
     /// Whether a coordinator's start applies migrations (see
     /// [`PgStore::without_migrations`]).
     run_migrations: bool,
+    /// Client-side limit on the short operations (see
+    /// [`PgStore::with_query_timeout`]).
+    query_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -291,7 +294,19 @@ impl PgStore {
             host_lock: Default::default(),
             host_lock_wait: DEFAULT_HOST_LOCK_WAIT,
             run_migrations: true,
+            query_timeout: Some(crate::config::DEFAULT_QUERY_TIMEOUT),
         }
+    }
+
+    /// Gives up on a writer batch, point read or write, or cancel request
+    /// that has had no answer for `timeout` (`None`: wait forever): the
+    /// connection is closed, and the operation fails with a transient error.
+    /// Default [`DEFAULT_QUERY_TIMEOUT`](crate::config::DEFAULT_QUERY_TIMEOUT);
+    /// why, and what it does not cover, at
+    /// [`DatabaseConfig::with_query_timeout`](crate::DatabaseConfig::with_query_timeout).
+    pub fn with_query_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.query_timeout = timeout;
+        self
     }
 
     /// Does not apply migrations when a coordinator starts: for deployments
@@ -454,15 +469,18 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
-        let client = self.client(op, id).await?;
-        let stmt = client
-            .prepare_cached(sql)
-            .await
-            .map_err(|e| map_pg_error(op, id, e))?;
-        client
-            .query(&stmt, params)
-            .await
-            .map_err(|e| map_pg_error(op, id, e))
+        self.bounded(op, id, async {
+            let client = self.client(op, id).await?;
+            let stmt = client
+                .prepare_cached(sql)
+                .await
+                .map_err(|e| map_pg_error(op, id, e))?;
+            client
+                .query(&stmt, params)
+                .await
+                .map_err(|e| map_pg_error(op, id, e))
+        })
+        .await
     }
 
     /// Runs a statement and returns how many rows it changed.
@@ -473,15 +491,18 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, StoreError> {
-        let client = self.client(op, id).await?;
-        let stmt = client
-            .prepare_cached(sql)
-            .await
-            .map_err(|e| map_pg_error(op, id, e))?;
-        client
-            .execute(&stmt, params)
-            .await
-            .map_err(|e| map_pg_error(op, id, e))
+        self.bounded(op, id, async {
+            let client = self.client(op, id).await?;
+            let stmt = client
+                .prepare_cached(sql)
+                .await
+                .map_err(|e| map_pg_error(op, id, e))?;
+            client
+                .execute(&stmt, params)
+                .await
+                .map_err(|e| map_pg_error(op, id, e))
+        })
+        .await
     }
 
     async fn load_many(
@@ -719,7 +740,14 @@ impl CommandStore for PgStore {
     }
 
     fn apply<'a>(&'a self, batch: &'a [Transition]) -> StoreFuture<'a, ()> {
-        Box::pin(async move { self.apply_batch(batch).await })
+        Box::pin(async move {
+            let id = match batch {
+                [one] => Some(one.command_id()),
+                _ => None,
+            };
+            self.bounded(StoreOp::Apply, id, self.apply_batch(batch))
+                .await
+        })
     }
 
     fn begin_end_transaction(&self) -> LocalStoreFuture<'_, Box<dyn EndTransaction>> {
@@ -1002,6 +1030,62 @@ pub(crate) fn entity_from_row(row: &Row) -> Result<CommandEntity, BadRow> {
         })
     };
     read().map_err(bad)
+}
+
+impl PgStore {
+    /// Runs `work`, a store operation that takes its connection from the pool,
+    /// within the query timeout. Operations whose size grows with the table or
+    /// a hierarchy (cleanup batches, removing or loading a whole hierarchy,
+    /// the start-up loads) have none: they may legitimately run long, and a
+    /// limit that a large deployment always exceeds would keep it from
+    /// starting or cleaning up; the kernel-level timeouts still cover them.
+    ///
+    /// On timeout `work` is dropped, and with it its connection, which goes
+    /// back to the pool synchronously; the pool's idle connections are then
+    /// all closed (dropping one aborts its connection task). That closes the
+    /// silent connection instead of handing it out again, and the others too:
+    /// whatever silenced one (a failover, a hung proxy) most likely silenced
+    /// them, and a retry should not spend another timeout on each of them.
+    async fn bounded<T>(
+        &self,
+        op: StoreOp,
+        id: Option<CommandId>,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let bulk = matches!(
+            op,
+            StoreOp::RemoveBefore
+                | StoreOp::RemoveHierarchy
+                | StoreOp::Hierarchy
+                | StoreOp::CommandsWithCallbackEnabled
+                | StoreOp::Children
+        );
+        let limit = match self.query_timeout {
+            Some(limit) if !bulk => limit,
+            _ => return work.await,
+        };
+        // `work` (and the connection it holds) is dropped when this statement
+        // ends, before the `retain` below: nothing can take the silent
+        // connection from the pool in between.
+        let outcome = tokio::time::timeout(limit, work).await;
+        if outcome.is_err() {
+            self.pool.retain(|_, _| false);
+            tracing::warn!(op = %op, command_id = ?id, timeout = ?limit, "no answer from the database within the query timeout: connections closed");
+        }
+        outcome.unwrap_or_else(|_elapsed| {
+            Err(StoreError::new(
+                op,
+                id,
+                StoreErrorKind::Unavailable(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer from the database within {limit:?} (query timeout); \
+                         the connection was closed"
+                    ),
+                ))),
+            ))
+        })
+    }
 }
 
 /// Classifies a driver error: lost connections and server shutdowns are

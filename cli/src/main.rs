@@ -7,9 +7,15 @@
 //! command-coordinator list --status ACTIVE --older-than 2h
 //! command-coordinator show 0b7e…            # the whole hierarchy, as a tree
 //! command-coordinator stats --json
-//! command-coordinator cleanup --older-than 7d --dry-run
+//! command-coordinator cleanup --older-than 30days --dry-run
 //! command-coordinator cancel 0b7e…
 //! ```
+//!
+//! What removes or cancels asks first on a terminal (`--yes` for scripts; with
+//! no terminal to ask and no `--yes`, it refuses), and cleanup refuses a
+//! retention under [`MIN_RETENTION`] without `--force`: `--older-than 0s`, or
+//! `7m` (minutes) typed by someone who meant months, would remove everything
+//! that just ended.
 //!
 //! Errors are one line on stderr; the exit status is 2 for bad usage and 1
 //! for anything that went wrong at run time (unreachable database, no such
@@ -22,6 +28,7 @@ mod output;
 mod show;
 mod stats;
 
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -31,6 +38,12 @@ use command_coordinator::{CancelOutcome, CommandId, CommandStore, SchemaName};
 
 use db::{CliError, Db, Result};
 use output::emit;
+
+/// The shortest retention `cleanup` applies without `--force`. Ended
+/// hierarchies are what an operator reads when something went wrong; a
+/// retention shorter than this is far more likely a slip (`0s`, or `7m`
+/// meaning 7 minutes) than a plan.
+const MIN_RETENTION: Duration = Duration::from_secs(3600);
 
 /// Inspect and manage the commands of command-coordinator in PostgreSQL.
 #[derive(Parser, Debug)]
@@ -68,7 +81,7 @@ enum Cmd {
     },
     /// Counts by status and type, the oldest command not ended, what cleanup would remove.
     Stats {
-        /// Retention that cleanup applies (the runtime's default is 7d).
+        /// Retention that cleanup applies (the runtime's default is 7d), e.g. 7days, 6months.
         #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = duration::parse)]
         retention: Duration,
         /// Print JSON.
@@ -76,18 +89,33 @@ enum Cmd {
         json: bool,
     },
     /// Remove hierarchies whose every command ended longer ago than DURATION.
+    ///
+    /// Says how many rows will go and asks first (--yes for scripts).
     Cleanup {
-        /// e.g. 90s, 15m, 2h, 7d.
+        /// e.g. 12h, 30days, 6months. Units: s, min (or m), h, days (or d),
+        /// weeks (or w), months (or M), years (or y). Careful: 7m is 7 MINUTES;
+        /// write 7months for months. Under 1 hour needs --force.
         #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
         older_than: Duration,
         /// Only count what would be removed.
         #[arg(long)]
         dry_run: bool,
+        /// Allow --older-than under 1 hour (which can remove everything that just ended).
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation (for scripts; without it and without a terminal, cleanup refuses).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Request cancellation of a command and its descendants that have not ended.
+    ///
+    /// Says how many commands it will cancel and asks first (--yes for scripts).
     Cancel {
         /// The command to cancel.
         id: CommandId,
+        /// Do not ask for confirmation (for scripts; without it and without a terminal, cancel refuses).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 
@@ -99,10 +127,10 @@ struct ListArgs {
     /// Only this type: its number, or its class name (Merge, or a full path).
     #[arg(long = "type", value_name = "N")]
     command_type: Option<String>,
-    /// Only commands created longer ago than this (90s, 15m, 2h, 7d).
+    /// Only commands created longer ago than this (90s, 15min, 2h, 7days; m is minutes, M months).
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     older_than: Option<Duration>,
-    /// Only commands created within this (90s, 15m, 2h, 7d).
+    /// Only commands created within this (90s, 15min, 2h, 7days; m is minutes, M months).
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     newer_than: Option<Duration>,
     /// Only the hierarchy of this root.
@@ -182,8 +210,10 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Cleanup {
             older_than,
             dry_run,
-        } => cleanup(&db, older_than, dry_run).await,
-        Cmd::Cancel { id } => cancel(&db, id).await,
+            force,
+            yes,
+        } => cleanup(&db, older_than, dry_run, force, yes).await,
+        Cmd::Cancel { id, yes } => cancel(&db, id, yes).await,
     }
 }
 
@@ -211,33 +241,117 @@ async fn migrate(db: &Db) -> Result<()> {
     Ok(())
 }
 
-async fn cleanup(db: &Db, older_than: Duration, dry_run: bool) -> Result<()> {
+async fn cleanup(
+    db: &Db,
+    older_than: Duration,
+    dry_run: bool,
+    force: bool,
+    yes: bool,
+) -> Result<()> {
     let cutoff = duration::before_now(older_than).map_err(CliError::usage)?;
-    let when = cutoff.format("%Y-%m-%d %H:%M:%S UTC");
-    if dry_run {
-        let expired = db
-            .store
-            .expired(cutoff)
-            .await
-            .map_err(|e| db.store_error(e))?;
-        emit(&format!(
-            "dry run: would remove {} rows in {} hierarchies that ended before {when}\n",
-            expired.rows, expired.hierarchies
-        ));
-    } else {
-        let removed = db
-            .store
-            .remove_before(cutoff)
-            .await
-            .map_err(|e| db.store_error(e))?;
-        emit(&format!(
-            "removed {removed} rows of hierarchies that ended before {when}\n"
-        ));
+    // In words and as a date, so that "7m" cannot pass for seven months.
+    let ended = format!(
+        "ended more than {} ago (before {})",
+        duration::words(older_than),
+        cutoff.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    if older_than < MIN_RETENTION && !force && !dry_run {
+        return Err(CliError::usage(format!(
+            "refusing to remove hierarchies that {ended}: --older-than is under the 1 hour floor \
+             and could remove everything that just ended. For months write e.g. 7months (7m is \
+             7 minutes); to go ahead anyway, add --force"
+        )));
     }
+    let expired = db
+        .store
+        .expired(cutoff)
+        .await
+        .map_err(|e| db.store_error(e))?;
+    let what = format!(
+        "{} rows in {} hierarchies that {ended}",
+        expired.rows, expired.hierarchies
+    );
+    if dry_run {
+        emit(&format!("dry run: would remove {what}\n"));
+        return Ok(());
+    }
+    if expired.rows == 0 {
+        emit(&format!("nothing to remove: no hierarchy {ended}\n"));
+        return Ok(());
+    }
+    emit(&format!("will remove {what}\n"));
+    confirm("Remove them?", yes)?;
+    let removed = db
+        .store
+        .remove_before(cutoff)
+        .await
+        .map_err(|e| db.store_error(e))?;
+    emit(&format!(
+        "removed {removed} rows of hierarchies that {ended}\n"
+    ));
     Ok(())
 }
 
-async fn cancel(db: &Db, id: CommandId) -> Result<()> {
+/// Goes on when `yes`, or when the user at the terminal answers yes to
+/// `question`. With no terminal on stdin there is nobody to ask: refusing
+/// beats hanging on a read, or taking end-of-input for consent.
+fn confirm(question: &str, yes: bool) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(CliError::usage(
+            "not confirmed: stdin is not a terminal, so there is nobody to ask; \
+             pass --yes to confirm (nothing was changed)",
+        ));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    stdin
+        .read_line(&mut answer)
+        .map_err(|e| CliError::new(format!("cannot read the answer: {e}")))?;
+    if is_yes(&answer) {
+        Ok(())
+    } else {
+        Err(CliError::new("not confirmed: nothing was changed"))
+    }
+}
+
+/// "y" or "yes", in any case; anything else (an empty line too) is no.
+fn is_yes(answer: &str) -> bool {
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+async fn cancel(db: &Db, id: CommandId, yes: bool) -> Result<()> {
+    // The same tree as the store's cancellation request: the command and
+    // every descendant, counting those not ended.
+    let sql = format!(
+        "WITH RECURSIVE tree(id) AS ( \
+           SELECT $1::uuid \
+           UNION \
+           SELECT c.command_id FROM {t} c JOIN tree ON c.parent_command_id = tree.id \
+         ) \
+         SELECT count(*) FROM {t} \
+         WHERE command_id IN (SELECT id FROM tree) \
+           AND (status IS NULL OR status NOT IN {ended})",
+        t = db.table(),
+        ended = db::ENDED
+    );
+    let live: i64 = db.query(&sql, &[id.as_uuid()]).await?[0].get(0);
+    if live > 0 {
+        let descendants = match live - 1 {
+            0 => String::new(),
+            1 => " and 1 descendant that has not ended".to_owned(),
+            n => format!(" and {n} descendants that have not ended"),
+        };
+        let commands = if live == 1 { "command" } else { "commands" };
+        emit(&format!(
+            "will request cancellation of {live} {commands}: {id}{descendants}\n"
+        ));
+        confirm("Cancel them?", yes)?;
+    }
     let outcome = db
         .store
         .request_cancel(id)
@@ -257,6 +371,21 @@ async fn cancel(db: &Db, id: CommandId) -> Result<()> {
                  within a second, or the next host at start-up\n"
             ));
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_yes_is_yes() {
+        for yes in ["y", "Y", "yes", "YES\n", " yes \r\n"] {
+            assert!(is_yes(yes), "{yes:?}");
+        }
+        for no in ["", "\n", "n", "no", "yess", "ja", "q"] {
+            assert!(!is_yes(no), "{no:?}");
         }
     }
 }

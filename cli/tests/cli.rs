@@ -1,7 +1,7 @@
 //! The built `command-coordinator` binary against a real PostgreSQL: a fresh
 //! schema `t_<uuid>` per test, migrated and filled with the library.
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use command_coordinator::embedded::test_database_url;
 use command_coordinator::{
@@ -98,6 +98,8 @@ fn run(args: &[&str]) -> Output {
         .args(args)
         .env_remove("DATABASE_URL")
         .env("NO_COLOR", "1")
+        // Not a terminal: nobody to answer a confirmation.
+        .stdin(Stdio::null())
         .output()
         .expect("run the CLI")
 }
@@ -414,7 +416,7 @@ async fn cleanup_dry_run_then_for_real() {
     assert!(db.store.get(l.old_root.id).await.unwrap().is_some());
     assert!(db.store.get(l.old_child.id).await.unwrap().is_some());
 
-    let done = db.ok(&["cleanup", "--older-than", "7d"]);
+    let done = db.ok(&["cleanup", "--older-than", "7d", "--yes"]);
     assert!(done.contains("removed 2 rows"), "{done}");
     assert!(db.store.get(l.old_root.id).await.unwrap().is_none());
     assert!(db.store.get(l.old_child.id).await.unwrap().is_none());
@@ -436,9 +438,9 @@ async fn cancel_marks_unended_descendants() {
     );
     db.save(&waiting).await;
 
-    let out = db.ok(&["cancel", &l.root.id.to_string()]);
+    let out = db.ok(&["cancel", &l.root.id.to_string(), "--yes"]);
     assert_eq!(
-        out.trim(),
+        out.lines().last().unwrap(),
         "cancellation requested for 3 commands; a running host picks it up within a second, \
          or the next host at start-up"
     );
@@ -465,6 +467,152 @@ async fn cancel_marks_unended_descendants() {
     // The tree shows the request.
     let text = db.ok(&["show", &l.root.id.to_string()]);
     assert!(text.contains("[cancel requested]"), "{text}");
+}
+
+/// Rows of `db` that are still there, of those given.
+async fn remaining(db: &TestDb, rows: &[&CommandEntity]) -> usize {
+    let mut n = 0;
+    for e in rows {
+        if db.store.get(e.id).await.unwrap().is_some() {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn cleanup_refuses_a_retention_under_an_hour_without_force() {
+    let db = fresh(true).await;
+    let l = listing(&db).await;
+    // A hierarchy that ended a minute ago: what `0s` or `7m` would take.
+    let mut recent = entity(
+        &Merge { disk: 9 },
+        2,
+        CommandStatus::EndedSuccessfully,
+        None,
+    );
+    recent.created_at = chrono::Utc::now() - chrono::TimeDelta::minutes(3);
+    recent.ended_at = Some(chrono::Utc::now() - chrono::TimeDelta::minutes(1));
+    db.save(&recent).await;
+    let all = [
+        &l.root,
+        &l.done,
+        &l.running,
+        &l.old_root,
+        &l.old_child,
+        &recent,
+    ];
+
+    for (retention, shown) in [
+        ("0s", "0 seconds"),
+        ("7m", "7 minutes"),
+        ("59min", "59 minutes"),
+    ] {
+        for extra in [&[][..], &["--yes"][..]] {
+            let out = db.cli(&[&["cleanup", "--older-than", retention][..], extra].concat());
+            assert_eq!(out.status.code(), Some(2), "{retention} {extra:?}: {out:?}");
+            assert_one_line(&out, "--force");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("1 hour"), "{stderr}");
+            // The duration as understood, in words: 7m is minutes.
+            assert!(
+                stderr.contains(&format!("more than {shown} ago")),
+                "{stderr}"
+            );
+            assert!(stderr.contains("7months"), "{stderr}");
+            assert_eq!(
+                remaining(&db, &all).await,
+                all.len(),
+                "{retention}: rows went"
+            );
+        }
+    }
+    // Months are months.
+    let dry = db.ok(&["cleanup", "--older-than", "7months", "--dry-run"]);
+    assert!(dry.contains("more than 213 days 1 hour ago"), "{dry}");
+    assert!(dry.contains("would remove 0 rows"), "{dry}");
+    // A dry run shows what a short retention would take, without --force.
+    let dry = db.ok(&["cleanup", "--older-than", "0s", "--dry-run"]);
+    assert!(
+        dry.contains("would remove 3 rows in 2 hierarchies"),
+        "{dry}"
+    );
+
+    // --force lets it through; it still removes only ended hierarchies.
+    let done = db.ok(&["cleanup", "--older-than", "0s", "--force", "--yes"]);
+    assert!(done.contains("removed 3 rows"), "{done}");
+    assert_eq!(
+        remaining(&db, &[&recent, &l.old_root, &l.old_child]).await,
+        0
+    );
+    assert_eq!(remaining(&db, &[&l.root, &l.done, &l.running]).await, 3);
+
+    let help = String::from_utf8(db.cli(&["cleanup", "--help"]).stdout).unwrap();
+    assert!(help.contains("7m is 7 MINUTES"), "{help}");
+    assert!(help.contains("--force") && help.contains("--yes"), "{help}");
+}
+
+#[tokio::test]
+async fn cleanup_confirms_and_refuses_without_a_terminal() {
+    let db = fresh(true).await;
+    let l = listing(&db).await;
+    let old = [&l.old_root, &l.old_child];
+
+    // stdin is not a terminal and there is no --yes: nobody to ask.
+    let out = db.cli(&["cleanup", "--older-than", "7d"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_one_line(&out, "not a terminal");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("will remove 2 rows in 1 hierarchies that ended more than 7 days ago"),
+        "{stdout}"
+    );
+    assert_eq!(
+        remaining(&db, &old).await,
+        2,
+        "removed without confirmation"
+    );
+
+    let done = db.ok(&["cleanup", "--older-than", "7d", "--yes"]);
+    assert!(done.contains("removed 2 rows"), "{done}");
+    assert_eq!(remaining(&db, &old).await, 0);
+
+    // Nothing to remove: nothing to confirm.
+    let none = db.ok(&["cleanup", "--older-than", "7d"]);
+    assert!(none.contains("nothing to remove"), "{none}");
+}
+
+#[tokio::test]
+async fn cancel_confirms() {
+    let db = fresh(true).await;
+    let l = listing(&db).await;
+
+    let out = db.cli(&["cancel", &l.root.id.to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_one_line(&out, "not a terminal");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "will request cancellation of 2 commands: {} and 1 descendant that has not ended",
+            l.root.id
+        )),
+        "{stdout}"
+    );
+    assert!(db.store.cancel_requested().await.unwrap().is_empty());
+
+    let out = db.ok(&["cancel", &l.root.id.to_string(), "-y"]);
+    assert!(
+        out.contains("cancellation requested for 2 commands"),
+        "{out}"
+    );
+    let mut requested = db.store.cancel_requested().await.unwrap();
+    requested.sort();
+    assert_eq!(requested, {
+        let mut ids = vec![l.root.id, l.running.id];
+        ids.sort();
+        ids
+    });
 }
 
 #[tokio::test]

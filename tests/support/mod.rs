@@ -104,3 +104,4 @@ pub fn url_as(user: &str) -> String {
     format!("postgres://{user}@{host}:{port}/{db}")
 }
 pub mod processes;
+pub mod proxy;
