@@ -186,6 +186,13 @@ impl Statements {
             ),
             // One statement for any number of status changes; a NULL leaves the
             // column as it is. The writer guarantees each id appears once.
+            //
+            // A command that ended and was notified is final: no write changes
+            // it again. This is what makes the end exactly-once when a COMMIT's
+            // reply is lost (the end transaction's second attempt waits for the
+            // first's row lock, then matches nothing and is rolled back with
+            // its effects), and what keeps a stale write that a timed-out
+            // connection left running from reopening an ended command.
             apply_updates: format!(
                 "UPDATE {t} AS c SET \
                    status = coalesce(u.status, c.status), \
@@ -202,7 +209,7 @@ impl Statements {
                  FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::bool[], $5::text[], \
                              $6::text[], $7::text[], $8::text[], $9::text[]) \
                    AS u(id, status, executed, notified, params, params_class, rv, rv_class, reason) \
-                 WHERE c.command_id = u.id"
+                 WHERE c.command_id = u.id AND c.callback_notified IS NOT TRUE"
             ),
             // A hierarchy goes only as a whole, and only when its root and every
             // row under it ended before the cutoff. A NULL or unknown status

@@ -103,10 +103,18 @@ impl EndTransaction for PgTransaction {
                 .await
                 .map_err(pg)?;
             if changed != 1 {
+                // Ended already (an earlier attempt committed, its reply
+                // lost) or gone: this attempt's effects must not be applied.
+                self.client().batch_execute("ROLLBACK").await.map_err(pg)?;
+                self.finished.set(true);
                 return Err(StoreError::new(
                     StoreOp::Apply,
                     Some(id),
-                    StoreErrorKind::Database("the command's row is gone".into()),
+                    StoreErrorKind::Database(
+                        "the command already ended (an earlier attempt committed) or its row \
+                         is gone; this attempt was rolled back"
+                            .into(),
+                    ),
                 ));
             }
             self.client().batch_execute("COMMIT").await.map_err(pg)?;

@@ -438,3 +438,168 @@ async fn parameters_that_do_not_read_back_are_refused_before_anything_is_written
         .unwrap();
     assert!(fine.succeeded());
 }
+
+/// An output type whose name is longer than the `return_value_class` column.
+type Deep = Option<
+    Option<
+        Option<Option<Option<Option<Option<Option<Option<Option<Option<Option<Option<u8>>>>>>>>>>>,
+    >,
+>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LongOutputName;
+
+impl Command for LongOutputName {
+    const COMMAND_TYPE: i32 = 306;
+    type Output = Deep;
+
+    async fn execute(&mut self, _: &CommandContext) -> Result<(), CommandError> {
+        Ok(())
+    }
+
+    async fn poll(&mut self, _: &CommandContext) -> Result<PollOutcome<Deep>, CommandError> {
+        Ok(PollOutcome::Succeeded(Some(Some(Some(Some(Some(Some(
+            Some(Some(Some(Some(Some(Some(Some(7))))))),
+        ))))))))
+    }
+}
+
+/// A failure reason with a NUL character, which PostgreSQL's `text` refuses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NulReason;
+
+impl Command for NulReason {
+    const COMMAND_TYPE: i32 = 307;
+    type Output = ();
+
+    async fn execute(&mut self, _: &CommandContext) -> Result<(), CommandError> {
+        Ok(())
+    }
+
+    async fn poll(&mut self, _: &CommandContext) -> Result<PollOutcome<()>, CommandError> {
+        Ok(PollOutcome::Failed("disk \0 gone".into()))
+    }
+}
+
+/// A command whose success the database refuses (a trigger, in the test).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Refused {
+    tag: String,
+}
+
+impl Command for Refused {
+    const COMMAND_TYPE: i32 = 308;
+    type Output = ();
+
+    async fn execute(&mut self, _: &CommandContext) -> Result<(), CommandError> {
+        Ok(())
+    }
+
+    async fn poll(&mut self, _: &CommandContext) -> Result<PollOutcome<()>, CommandError> {
+        Ok(PollOutcome::Succeeded(()))
+    }
+
+    async fn end_with_failure(
+        &mut self,
+        reason: &str,
+        _: &CommandContext,
+    ) -> Result<(), CommandError> {
+        record(&self.tag, format!("end_with_failure: {reason}"));
+        Ok(())
+    }
+}
+
+/// Fails the test after `limit` instead of hanging (these hung forever).
+async fn bounded<F: std::future::Future>(what: &str, limit: Duration, fut: F) -> F::Output {
+    match actix::clock::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not end within {limit:?}"),
+    }
+}
+
+#[actix::test]
+async fn values_the_database_cannot_store_do_not_hang_the_command() {
+    let db = fresh_db().await;
+    let co = edge_builder(&db)
+        .register::<LongOutputName>()
+        .register::<NulReason>()
+        .start()
+        .await
+        .unwrap();
+    let limit = Duration::from_secs(15);
+
+    let long = bounded("a long output type name", limit, co.execute(LongOutputName))
+        .await
+        .unwrap();
+    assert!(long.succeeded(), "{long:?}");
+    let deep = long.output.unwrap();
+    assert_eq!(
+        deep.and_then(|d| d)
+            .and_then(|d| d)
+            .and_then(|d| d)
+            .and_then(|d| d),
+        Some(Some(Some(Some(Some(Some(Some(Some(Some(7)))))))))
+    );
+    let row = db.store.get(long.id).await.unwrap().unwrap();
+    assert_eq!(
+        row.return_value.unwrap().class().chars().count(),
+        command_coordinator::actors::model::MAX_CLASS_CHARS
+    );
+
+    let nul = bounded("a NUL in a failure reason", limit, co.execute(NulReason))
+        .await
+        .unwrap();
+    assert_eq!(nul.status, CommandStatus::EndedWithFailure);
+    assert_eq!(nul.failure_reason.as_deref(), Some("disk \u{FFFD} gone"));
+}
+
+#[actix::test]
+async fn a_status_change_the_database_keeps_refusing_ends_the_command_with_failure() {
+    let db = fresh_db().await;
+    let schema = db.config.schema().quoted();
+    db.sql(&format!(
+        "CREATE FUNCTION {schema}.refuse_success() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+           IF NEW.command_type = 308 AND NEW.status = 'SUCCEEDED' THEN \
+             RAISE EXCEPTION 'success of a Refused command is refused'; \
+           END IF; \
+           RETURN NEW; \
+         END $$; \
+         CREATE TRIGGER refuse_success BEFORE UPDATE ON {} \
+         FOR EACH ROW EXECUTE FUNCTION {schema}.refuse_success();",
+        db.table()
+    ))
+    .await;
+    let co = edge_builder(&db)
+        .register::<Refused>()
+        .start()
+        .await
+        .unwrap();
+    let t = tag();
+    // A command beside it, in the same batches, is not held up.
+    let beside = co.submit(Job::new(&t, "beside", Behaviour::Succeed));
+    let refused = bounded(
+        "a refused status change",
+        Duration::from_secs(15),
+        co.execute(Refused { tag: t.clone() }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, CommandStatus::EndedWithFailure);
+    let reason = refused.failure_reason.unwrap();
+    assert!(
+        reason.contains("refused to record") && reason.contains("is refused"),
+        "{reason}"
+    );
+    assert_eq!(
+        events(&t)
+            .iter()
+            .filter(|e| e.starts_with("end_with_failure: the database refused"))
+            .count(),
+        1,
+        "{:?}",
+        events(&t)
+    );
+    let beside = co.wait_for(beside.await.unwrap()).await.unwrap();
+    assert!(beside.succeeded());
+}

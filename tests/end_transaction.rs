@@ -146,3 +146,99 @@ async fn the_runtime_needs_only_dml_rights_once_migrations_ran() {
         .unwrap_err();
     assert!(err.to_string().contains("permission denied"), "{err}");
 }
+
+/// A lost COMMIT reply: the end's first attempt is still open (holding the
+/// row) when a second attempt writes its effect and tries to commit the same
+/// end. The second waits for the row, then must find the command ended and
+/// roll back, effect included.
+#[actix::test]
+async fn a_second_end_attempt_after_an_in_doubt_commit_applies_nothing() {
+    use command_coordinator::actors::{CommandUpdate, EndTransaction, Transition};
+    use command_coordinator::{CommandEntity, CommandId, JsonPayload};
+    let db = fresh_db().await;
+    let table = effects_table(&db).await;
+    let id = CommandId::new();
+    let mut entity = CommandEntity::new(id, 1, JsonPayload::encode(&()).unwrap());
+    entity.status = CommandStatus::Succeeded;
+    entity.executed = true;
+    db.store
+        .apply(&[Transition::Insert(Box::new(entity))])
+        .await
+        .unwrap();
+
+    // The first attempt: its end is written, its COMMIT not answered yet.
+    let first = db.pool.get().await.unwrap();
+    first.batch_execute("BEGIN").await.unwrap();
+    first
+        .execute(
+            &format!(
+                "UPDATE {} SET status = 'ENDED_SUCCESSFULLY', callback_notified = true \
+                 WHERE command_id = $1",
+                db.table()
+            ),
+            &[id.as_uuid()],
+        )
+        .await
+        .unwrap();
+    let first_pid: i32 = first
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    // The second attempt, as the runtime runs it.
+    let tx = db.store.begin_end_transaction().await.unwrap();
+    let tx: std::rc::Rc<dyn EndTransaction> = tx.into();
+    let pg = tx
+        .clone()
+        .as_any_rc()
+        .downcast::<command_coordinator::PgTransaction>()
+        .unwrap();
+    pg.execute(
+        &format!("INSERT INTO {table} (command_id, attempt) VALUES ($1, 2)"),
+        &[id.as_uuid()],
+    )
+    .await
+    .unwrap();
+    let mut end = CommandUpdate::new(id);
+    end.status = Some(CommandStatus::EndedSuccessfully);
+    end.notified = Some(true);
+    let second = actix::spawn({
+        let tx = tx.clone();
+        async move { tx.commit(end).await }
+    });
+
+    // Wait until the second attempt is blocked behind the first's row lock.
+    let watcher = db.pool.get().await.unwrap();
+    within("the second attempt waits for the row", async {
+        loop {
+            let blocked: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE $1 = ANY(pg_blocking_pids(pid))",
+                    &[&first_pid],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if blocked > 0 {
+                break;
+            }
+            actix::clock::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    first.batch_execute("COMMIT").await.unwrap();
+
+    let result = within("second attempt", second).await.unwrap();
+    assert!(result.is_err(), "the second attempt committed: {result:?}");
+    let effects: i64 = watcher
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(effects, 0, "the second attempt's effect was applied");
+    let row = db.store.get(id).await.unwrap().unwrap();
+    assert_eq!(row.status, CommandStatus::EndedSuccessfully);
+    assert!(row.callback_notified);
+}

@@ -19,11 +19,7 @@ async fn the_runtime_records_its_metrics() {
         .expect("the only recorder in this test binary");
 
     let db = fresh_db().await;
-    let co = builder(&db)
-        .retention(Duration::ZERO)
-        .start()
-        .await
-        .unwrap();
+    let co = builder(&db).start().await.unwrap();
     let t = tag();
     let parent = Parent::new(
         &t,
@@ -47,6 +43,12 @@ async fn the_runtime_records_its_metrics() {
     .await;
     co.cancel(stuck).await.unwrap();
     within("cancelled", co.wait_for(stuck)).await.unwrap();
+    // Past the (default, one week) retention.
+    db.sql(&format!(
+        "UPDATE {} SET ended_at = now() - interval '8 days' WHERE ended_at IS NOT NULL",
+        db.table()
+    ))
+    .await;
     assert!(co.cleanup_now().await.unwrap() >= 4);
 
     let snapshot = snapshotter.snapshot().into_vec();

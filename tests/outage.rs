@@ -435,76 +435,33 @@ fn a_three_second_outage_mid_workload_loses_nothing_and_does_not_spin() {
     });
 }
 
-/// Submits a command 1 s into an outage (the server is stopped) and ends the
-/// outage 2 s later: the submit must have failed within 2 s, with a transient
-/// store error, and left no row.
-async fn submit_fails_fast(
-    co: &Coordinator,
-    pool_url: &DatabaseConfig,
-    server: &Server,
-    label: &str,
-) {
-    // 1 s into the outage, running commands have tried to write.
-    actix::clock::sleep(Duration::from_secs(1)).await;
-    let co2 = co.clone();
-    let late = Timed::new(label.to_owned(), 10, false, "");
-    let submit = actix::spawn(async move {
-        let began = Instant::now();
-        let result = co2.submit(late).await;
-        (began.elapsed(), result)
-    });
-    // The outage goes on for 3 s in all, whatever the submit does.
-    actix::clock::sleep(Duration::from_secs(2)).await;
-    let done_during_outage = submit.is_finished();
-    server.start().await;
-    let (took, result) = within(
-        "a submit issued during the outage",
-        Duration::from_secs(30),
-        submit,
-    )
-    .await
-    .unwrap();
-    let pool = pool_url.create_pool().unwrap();
-    let rows: i64 = pool
-        .get()
+/// Rows of the schema whose parameters carry `label`.
+async fn rows_labelled(config: &DatabaseConfig, label: &str) -> i64 {
+    let pool = config.create_pool().unwrap();
+    pool.get()
         .await
         .unwrap()
         .query_one(
             &format!(
                 "SELECT count(*) FROM {}.command_entities \
                  WHERE command_parameters::jsonb->>'label' = $1",
-                pool_url.schema().quoted()
+                config.schema().quoted()
             ),
             &[&label],
         )
         .await
         .unwrap()
-        .get(0);
-    assert!(
-        done_during_outage && took < Duration::from_secs(2),
-        "{label}: a submit during the outage must fail fast; it returned {result:?} after \
-         {took:?}, {} the server came back",
-        if done_during_outage {
-            "before"
-        } else {
-            "after"
-        }
-    );
-    match &result {
-        Err(CoordinatorError::Store(e)) if e.is_transient() => {}
-        other => panic!(
-            "{label}: expected a transient store error (database unavailable), got {other:?}"
-        ),
-    }
-    assert_eq!(rows, 0, "{label}: the failed submit left a row");
+        .get(0)
 }
 
-/// (a, submit) A `submit` issued while the database is down fails at once
-/// with a transient error and leaves no row: first with an idle
-/// coordinator, then while running commands have status changes waiting
-/// for the database.
+/// (a, submit) A restart of PostgreSQL fails nothing: a `submit` issued
+/// while the server is down waits for it (up to `submit_wait`) and then
+/// succeeds, and so do the children that running parents submit meanwhile;
+/// every hierarchy ends as it would have without the outage. A submit whose
+/// wait runs out fails with a clear, transient error and leaves no row.
 #[test]
-fn a_submit_during_an_outage_fails_fast_and_leaves_no_row() {
+fn a_submit_during_a_short_outage_waits_for_the_database_and_one_that_outlasts_its_wait_fails_cleanly()
+ {
     with_private_postgres(|server| async move {
         let config = server.config();
         let (co, _pool, effects) = start(
@@ -514,15 +471,65 @@ fn a_submit_during_an_outage_fails_fast_and_leaves_no_row() {
         )
         .await;
 
-        server.stop().await;
-        submit_fails_fast(&co, &config, &server, "idle coordinator").await;
-
+        // Running hierarchies, whose parents submit children during the
+        // outage too.
         let running = workload(&co, &effects);
-        actix::clock::sleep(Duration::from_millis(500)).await;
         server.stop().await;
-        submit_fails_fast(&co, &config, &server, "status changes pending").await;
+        let co2 = co.clone();
+        let during = Timed::new("submitted during the outage".into(), 10, false, &effects);
+        let submit = actix::spawn(async move {
+            let began = Instant::now();
+            let result = co2.execute(during).await;
+            (began.elapsed(), result)
+        });
+        // The outage lasts 2 s whatever the submit does.
+        actix::clock::sleep(Duration::from_secs(2)).await;
+        assert!(
+            !submit.is_finished(),
+            "a submit during a short outage must wait for the database, not fail: {:?}",
+            submit.await
+        );
+        server.start().await;
+        let (took, result) = within("the waiting submit", Duration::from_secs(60), submit)
+            .await
+            .unwrap();
+        let outcome = result.expect("the submit rode out the restart");
+        assert!(outcome.succeeded(), "{outcome:?}");
+        assert!(took >= Duration::from_secs(2), "{took:?}");
         expect_outcomes(running).await;
         co.shutdown().await;
+
+        // A wait shorter than the outage: the submit fails, and no row is left.
+        let short = Coordinator::builder(PgStore::new(
+            config.create_pool().unwrap(),
+            config.schema().clone(),
+        ))
+        .register::<Timed>()
+        .register::<Group>()
+        .submit_wait(Duration::from_secs(1))
+        .start()
+        .await
+        .expect("second coordinator");
+        server.stop().await;
+        let began = Instant::now();
+        let result = short
+            .submit(Timed::new("given up".into(), 10, false, &effects))
+            .await;
+        let took = began.elapsed();
+        server.start().await;
+        match &result {
+            Err(CoordinatorError::Store(e)) if e.is_transient() => {
+                assert!(e.to_string().contains("stayed unreachable"), "{e}")
+            }
+            other => panic!("expected a transient store error, got {other:?}"),
+        }
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+            "gave up after {took:?}; the wait was 1 s"
+        );
+        // Removal of a possibly committed attempt runs once the database is back.
+        short.shutdown().await;
+        assert_eq!(rows_labelled(&config, "given up").await, 0);
     });
 }
 

@@ -42,6 +42,16 @@ use crate::writer::OnCommit;
 /// The failure reason of a cancelled command.
 pub(crate) const CANCELLED: &str = "cancelled";
 
+/// Times the database may refuse one status change (an error that is not an
+/// outage: a constraint, a trigger, a value it cannot store) before the
+/// command ends with failure instead. Retrying such a write forever left the
+/// command, its parent and every waiter hanging.
+pub(crate) const MAX_WRITE_FAILURES: u8 = 3;
+
+/// Longest failure reason the runtime writes of its own (user reasons are
+/// stored whole; `text` has no limit, but an error chain can be long).
+const MAX_RUNTIME_REASON: usize = 4_000;
+
 /// How an actor comes to life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum StartKind {
@@ -218,6 +228,9 @@ pub(crate) struct CommandActor<C: Command> {
     span: Option<Box<Span>>,
     end_attempts: u32,
     restarts: u32,
+    /// The database refused the status change in flight this many times in
+    /// a row (see [`MAX_WRITE_FAILURES`]).
+    write_failures: u8,
     /// True while a write or a call into command code is in flight; lifecycle
     /// steps never overlap.
     busy: bool,
@@ -297,6 +310,7 @@ impl<C: Command> CommandActor<C> {
             span,
             end_attempts: 0,
             restarts: 0,
+            write_failures: 0,
             busy: false,
             reevaluate: false,
             may_execute: false,
@@ -446,6 +460,7 @@ impl<C: Command> CommandActor<C> {
             act.busy = false;
             match result {
                 Ok(()) => {
+                    act.write_failures = 0;
                     if tells_parent {
                         act.parent = None;
                         act.parent_told = true;
@@ -453,9 +468,23 @@ impl<C: Command> CommandActor<C> {
                     act.committed(ctx, update)
                 }
                 Err(e) => {
-                    // The writer already retried an unreachable database; this is
-                    // an error of this write alone. Try again later, keep the rest going.
-                    error!(command_id = %act.id(), error = %e, "status change not persisted; retrying later");
+                    // The writer keeps retrying an unreachable database itself;
+                    // this is an error of this write alone. Try again later,
+                    // keep the rest going, but not forever: after a few
+                    // refusals the command ends with failure instead.
+                    act.write_failures = act.write_failures.saturating_add(1);
+                    let update = if act.write_failures >= MAX_WRITE_FAILURES
+                        && let Some(fallback) = act.fallback(&update, &e)
+                    {
+                        error!(command_id = %act.id(), error = %e, attempts = act.write_failures,
+                            "the database refuses this status change; ending the command with failure instead");
+                        act.write_failures = 0;
+                        act.busy = false;
+                        return act.commit(ctx, fallback);
+                    } else {
+                        update
+                    };
+                    error!(command_id = %act.id(), error = %e, attempt = act.write_failures, "status change not persisted; retrying later");
                     act.busy = true;
                     let delay = act.coordinator.config().max_poll_interval;
                     ctx.run_later(delay, move |act, ctx| {
@@ -465,6 +494,44 @@ impl<C: Command> CommandActor<C> {
                 }
             }
         }));
+    }
+
+    /// The smallest update that still takes the command towards its end
+    /// when the database keeps refusing `update`: no parameters, no output,
+    /// only a status and a reason of our own that any database stores. A
+    /// change that was to end the command ends it with failure; any earlier
+    /// one fails it (its end method then runs as for any failure). `None`
+    /// when `update` is that smallest update already.
+    fn fallback(
+        &self,
+        update: &CommandUpdate,
+        error: &dyn std::fmt::Display,
+    ) -> Option<CommandUpdate> {
+        let target = update.status.unwrap_or(self.row.status);
+        let ends = target.is_ended() || update.notified == Some(true);
+        let status = if ends {
+            CommandStatus::EndedWithFailure
+        } else if self.row.executed || update.executed == Some(true) {
+            CommandStatus::Failed
+        } else {
+            CommandStatus::ExecutionFailed
+        };
+        let reason = runtime_reason(format!(
+            "the database refused to record this command's status change to {target} \
+             {MAX_WRITE_FAILURES} times: {error}"
+        ));
+        let minimal = update.parameters.is_none()
+            && update.return_value.is_none()
+            && update.executed.is_none()
+            && update.status == Some(status);
+        if minimal {
+            return None;
+        }
+        let mut fallback = CommandUpdate::new(self.id());
+        fallback.status = Some(status);
+        fallback.notified = ends.then_some(true);
+        fallback.failure_reason = Some(reason);
+        Some(fallback)
     }
 
     /// When `update` ends this command and its parent is live here: the
@@ -1263,7 +1330,7 @@ fn encode<C: Command>(command: &C) -> Option<JsonPayload> {
 fn fail(id: CommandId, status: CommandStatus, reason: String) -> CommandUpdate {
     let mut update = CommandUpdate::new(id);
     update.status = Some(status);
-    update.failure_reason = Some(reason);
+    update.failure_reason = Some(storable(reason));
     update
 }
 
@@ -1276,8 +1343,34 @@ fn ended(id: CommandId, succeeded: bool, reason: Option<String>) -> CommandUpdat
         CommandStatus::EndedWithFailure
     });
     update.notified = Some(true);
-    update.failure_reason = reason;
+    update.failure_reason = reason.map(storable);
     update
+}
+
+/// A failure reason PostgreSQL can store: `text` refuses the NUL character,
+/// which a reason taken from an external system may carry (it is written as
+/// U+FFFD instead). Every reason passes through here, so no user-supplied
+/// reason can make a status change fail forever.
+pub(crate) fn storable(reason: String) -> String {
+    if reason.contains('\0') {
+        reason.replace('\0', "\u{FFFD}")
+    } else {
+        reason
+    }
+}
+
+/// A reason of the runtime's own, storable and of bounded length.
+fn runtime_reason(reason: String) -> String {
+    let mut reason = storable(reason);
+    if reason.len() > MAX_RUNTIME_REASON {
+        let mut cut = MAX_RUNTIME_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push('…');
+    }
+    reason
 }
 
 impl<C: Command> Actor for CommandActor<C> {

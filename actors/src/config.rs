@@ -100,11 +100,46 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// Longest poll-like interval (poll, end retry, cancellation check): a
+/// longer one is a mistake, and `Instant + Duration::MAX` panics.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// Longest life time or retention: a hundred years (beyond it dates
+/// overflow).
+pub const MAX_SPAN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// Shortest retention: a waiter of a command whose rows cleanup removed
+/// before the end reached it would be dropped.
+pub const MIN_RETENTION: Duration = Duration::from_secs(60);
+
 impl RuntimeConfig {
     /// Checks the settings; the message says which one is wrong and why.
     pub fn validate(&self) -> Result<(), String> {
         if self.poll_interval.is_zero() {
             return Err("poll_interval must be greater than zero".into());
+        }
+        for (name, value, max) in [
+            ("poll_interval", self.poll_interval, MAX_INTERVAL),
+            ("max_poll_interval", self.max_poll_interval, MAX_INTERVAL),
+            ("end_retry_delay", self.end_retry_delay, MAX_INTERVAL),
+            (
+                "cancel_check_interval",
+                self.cancel_check_interval,
+                MAX_INTERVAL,
+            ),
+            ("cleanup interval", self.cleanup.interval, MAX_INTERVAL),
+            ("cleanup pause", self.cleanup.pause, MAX_INTERVAL),
+            ("life_time", self.life_time, MAX_SPAN),
+            ("retention", self.cleanup.retention, MAX_SPAN),
+        ] {
+            if value > max {
+                return Err(format!("{name} ({value:?}) must be at most {max:?}"));
+            }
+        }
+        if self.cleanup.retention < MIN_RETENTION {
+            return Err(format!(
+                "retention ({:?}) must be at least {MIN_RETENTION:?}: ended rows must outlive \
+                 the delivery of their end (use OnRootEnd::Remove to drop hierarchies at once)",
+                self.cleanup.retention
+            ));
         }
         if self.max_poll_interval < self.poll_interval {
             return Err(format!(
@@ -127,10 +162,7 @@ impl RuntimeConfig {
         if self.cleanup.batch == 0 {
             return Err("cleanup batch must be at least 1".into());
         }
-        if self.writer.max_batch == 0 {
-            return Err("writer max_batch must be at least 1".into());
-        }
-        Ok(())
+        self.writer.validate()
     }
 }
 
@@ -153,5 +185,23 @@ mod tests {
             ..RuntimeConfig::default()
         };
         assert!(c.validate().unwrap_err().contains("end_attempts"));
+    }
+
+    #[test]
+    fn values_that_would_panic_spin_or_drop_waiters_are_refused() {
+        let huge = RuntimeConfig {
+            max_poll_interval: Duration::MAX,
+            ..RuntimeConfig::default()
+        };
+        assert!(huge.validate().unwrap_err().contains("max_poll_interval"));
+        let mut spin = RuntimeConfig::default();
+        spin.writer.retry_min = Duration::ZERO;
+        assert!(spin.validate().unwrap_err().contains("retry_min"));
+        let mut no_retention = RuntimeConfig::default();
+        no_retention.cleanup.retention = Duration::ZERO;
+        assert!(no_retention.validate().unwrap_err().contains("retention"));
+        let mut forever = RuntimeConfig::default();
+        forever.cleanup.retention = Duration::MAX;
+        assert!(forever.validate().unwrap_err().contains("retention"));
     }
 }

@@ -510,6 +510,15 @@ impl CoordinatorBuilder {
         self
     }
 
+    /// How long `submit` (and `submit_child`) wait for an unreachable
+    /// database before they fail (default 30 s,
+    /// [`crate::writer::DEFAULT_SUBMIT_WAIT`]): a restart or failover of
+    /// PostgreSQL costs latency, not work. A submit that fails leaves no row.
+    pub fn submit_wait(mut self, wait: std::time::Duration) -> Self {
+        self.config.writer.submit_wait = wait;
+        self
+    }
+
     /// How long ended hierarchies are kept before cleanup removes them.
     pub fn retention(mut self, retention: std::time::Duration) -> Self {
         self.config.cleanup.retention = retention;
@@ -1129,9 +1138,13 @@ impl Handler<Forget> for CoordinatorActor {
 
     fn handle(&mut self, Forget(ids): Forget, _: &mut Self::Context) {
         for id in ids {
-            self.live.remove(&id);
             self.parked.remove(&id);
-            self.waiters.remove(&id);
+            // A command still live here ended moments ago: its `Finished`
+            // is on its way and answers its waiters. Only the waiters of a
+            // command that is gone for good are dropped.
+            if self.live.remove(&id).is_none() {
+                self.waiters.remove(&id);
+            }
         }
     }
 }

@@ -183,6 +183,10 @@ impl FromStr for CommandStatus {
 /// The JSON is kept as validated raw text: a live command does not pay for
 /// deserializing its parameters until it needs them, and a row whose text is not
 /// JSON at all is rejected when it is read, with its id.
+/// Width of the `command_params_class` / `return_value_class` columns
+/// (`varchar(256)`, in characters).
+pub const MAX_CLASS_CHARS: usize = 256;
+
 #[derive(Clone)]
 pub struct JsonPayload {
     /// The type name: borrowed when encoded here (no allocation per command),
@@ -193,10 +197,20 @@ pub struct JsonPayload {
 
 impl JsonPayload {
     /// Serializes `value`, recording `std::any::type_name::<T>()` as its class.
+    ///
+    /// The class is cut to [`MAX_CLASS_CHARS`] characters, the width of the
+    /// `*_class` columns: a generic type's name can be longer, and the
+    /// database refusing it would fail the write for good. The class is
+    /// informational (decoding never reads it).
     pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
         let json = serde_json::value::to_raw_value(value)?;
+        let name = std::any::type_name::<T>();
+        let class = match name.char_indices().nth(MAX_CLASS_CHARS) {
+            Some((cut, _)) => &name[..cut],
+            None => name,
+        };
         Ok(Self {
-            class: std::borrow::Cow::Borrowed(std::any::type_name::<T>()),
+            class: std::borrow::Cow::Borrowed(class),
             json,
         })
     }

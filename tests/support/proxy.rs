@@ -445,6 +445,16 @@ async fn pump(
         }
         if let Some((action, fired)) = then {
             if action == Action::Cut {
+                // Close only once the server answered (so it processed the
+                // message): a reset reaching the server first can discard
+                // bytes still unread there, and the COMMIT with them.
+                let before = shared.stats.borrow().dropped_from_server;
+                let mut stats = shared.stats.subscribe();
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    stats.wait_for(|s| s.dropped_from_server > before),
+                )
+                .await;
                 mode.send_modify(|m| *m = Mode::Cut);
             }
             fired.send_replace(Some(id));
