@@ -1120,7 +1120,11 @@ impl<C: Command> CommandActor<C> {
                         // Still unreachable: look again later.
                         let delay = act.coordinator.config().max_poll_interval;
                         warn!(command_id = %act.id(), error = %e, "cannot read the row yet; retrying");
+                        // Busy until then: no second end attempt may start
+                        // while this one's commit is in doubt.
+                        act.busy = true;
                         ctx.run_later(delay, move |act, ctx| {
+                            act.busy = false;
                             act.verify_end_commit(ctx, update, cctx, error, transient)
                         });
                     }
@@ -1219,7 +1223,13 @@ impl<C: Command> CommandActor<C> {
                 Err(e) => {
                     error!(command_id = %id, error = %e, "cannot reload the command; retrying");
                     let delay = act.coordinator.config().max_poll_interval;
-                    ctx.run_later(delay, move |act, ctx| act.reload(ctx));
+                    // Busy until then: a child's end or a cancel arriving
+                    // meanwhile is noted, not acted on without the state.
+                    act.busy = true;
+                    ctx.run_later(delay, move |act, ctx| {
+                        act.busy = false;
+                        act.reload(ctx)
+                    });
                     return;
                 }
             }
@@ -1242,7 +1252,13 @@ impl<C: Command> CommandActor<C> {
                 Err(e) => {
                     error!(command_id = %id, error = %e, "cannot load the children; retrying");
                     let delay = act.coordinator.config().max_poll_interval;
-                    ctx.run_later(delay, move |act, ctx| act.reload(ctx));
+                    // Busy until then: a child's end or a cancel arriving
+                    // meanwhile is noted, not acted on without the state.
+                    act.busy = true;
+                    ctx.run_later(delay, move |act, ctx| {
+                        act.busy = false;
+                        act.reload(ctx)
+                    });
                     return;
                 }
             }
