@@ -16,8 +16,8 @@ use crate::config::SchemaName;
 use crate::pg_transaction::PgTransaction;
 use command_coordinator_actors::{
     BadRow, CancelOutcome, CommandEntity, CommandId, CommandStatus, CommandStore, CommandUpdate,
-    EndTransaction, Expired, JsonPayload, LoadedRows, LocalStoreFuture, RemovedBatch, StoreError,
-    StoreErrorKind, StoreFuture, StoreOp, Transition,
+    EndTransaction, Expired, HostLock, JsonPayload, LoadedRows, LocalStoreFuture, RemovedBatch,
+    StoreError, StoreErrorKind, StoreFuture, StoreOp, Transition,
 };
 
 /// The columns every entity query selects, in the order [`entity_from_row`] reads.
@@ -278,7 +278,20 @@ pub struct PgStore {
     /// Client-side limit on the short operations (see
     /// [`PgStore::with_query_timeout`]).
     query_timeout: Option<std::time::Duration>,
+    /// Connections that end transactions may hold at once: the pool less
+    /// [`WRITER_RESERVED`]. End methods hold their transaction for as long as
+    /// they run; without this limit enough of them drained the pool, and the
+    /// writer (every status change, every submit) waited for a connection
+    /// as if the database were down.
+    end_transactions: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Connections of the pool kept from end transactions, for the writer's
+/// batches (two in flight by default) and the reads between them.
+pub const WRITER_RESERVED: usize = 2;
+
+/// How long the host lock's connection may take to answer its check.
+const HOST_LOCK_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -295,13 +308,16 @@ impl PgStore {
     pub fn new(pool: Pool, schema: SchemaName) -> Self {
         let sql = std::sync::Arc::new(Statements::new(&schema));
         Self {
-            pool,
             schema,
             sql,
             host_lock: Default::default(),
             host_lock_wait: DEFAULT_HOST_LOCK_WAIT,
             run_migrations: true,
             query_timeout: Some(crate::config::DEFAULT_QUERY_TIMEOUT),
+            end_transactions: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                end_transaction_share(pool_size_of(&pool)),
+            )),
+            pool,
         }
     }
 
@@ -378,6 +394,21 @@ impl PgStore {
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
+    }
+
+    /// Tries once to take the host lock on a fresh connection (no waiting).
+    async fn try_host_lock(&self) -> Result<Option<deadpool_postgres::ClientWrapper>, StoreError> {
+        let op = StoreOp::Connect;
+        let client = deadpool_postgres::Object::take(self.client(op, None).await?);
+        let locked: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                &[&HOST_LOCK_CLASS, &self.schema.as_str()],
+            )
+            .await
+            .map_err(|e| map_pg_error(op, None, e))?
+            .get(0);
+        Ok(locked.then_some(client))
     }
 
     pub fn pool(&self) -> &Pool {
@@ -759,9 +790,69 @@ impl CommandStore for PgStore {
 
     fn begin_end_transaction(&self) -> LocalStoreFuture<'_, Box<dyn EndTransaction>> {
         Box::pin(async move {
+            // Waits for a share of the pool, never for the writer's.
+            let share = self
+                .end_transactions
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
             let client = self.client(StoreOp::Apply, None).await?;
-            let tx = PgTransaction::begin(client, self.sql.clone()).await?;
+            let tx = PgTransaction::begin(client, self.sql.clone(), share).await?;
             Ok(Box::new(tx) as Box<dyn EndTransaction>)
+        })
+    }
+
+    /// The lock lives on one connection: a database restart, a failover, an
+    /// idle timeout or a middlebox that drops the connection releases it, and
+    /// another host may then start. Checked with a round trip on that
+    /// connection (bounded by [`HOST_LOCK_CHECK_TIMEOUT`]); when it is gone,
+    /// one attempt is made to take the lock again.
+    fn check_host_lock(&self) -> StoreFuture<'_, HostLock> {
+        Box::pin(async move {
+            let mut held = self.host_lock.lock().await;
+            if let Some(client) = held.as_ref() {
+                let alive = !client.is_closed()
+                    && matches!(
+                        tokio::time::timeout(
+                            HOST_LOCK_CHECK_TIMEOUT,
+                            client.simple_query("SELECT 1")
+                        )
+                        .await,
+                        Ok(Ok(_))
+                    );
+                if alive {
+                    return Ok(HostLock::Held);
+                }
+                // Closing it ends the session (and the lock) on the server
+                // too, if the server still has it.
+                *held = None;
+                tracing::error!(schema = %self.schema.as_str(), "the host lock's connection is gone: this host stops acting until it holds the lock again");
+            }
+            match self.try_host_lock().await {
+                Ok(Some(client)) => {
+                    *held = Some(client);
+                    Ok(HostLock::Reacquired)
+                }
+                Ok(None) => Ok(HostLock::NotHeld),
+                Err(e) if e.is_transient() => Ok(HostLock::NotHeld),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// Gives the host lock back (its connection is closed).
+    fn release(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(client) = self.host_lock.lock().await.take() {
+                let _ = client
+                    .execute(
+                        "SELECT pg_advisory_unlock($1, hashtext($2))",
+                        &[&HOST_LOCK_CLASS, &self.schema.as_str()],
+                    )
+                    .await;
+            }
+            Ok(())
         })
     }
 
@@ -1180,4 +1271,15 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = e.source();
     }
     text
+}
+
+/// The pool's size.
+fn pool_size_of(pool: &Pool) -> usize {
+    pool.status().max_size
+}
+
+/// End transactions' share of a pool of `size`: all but
+/// [`WRITER_RESERVED`], and at least one.
+fn end_transaction_share(size: usize) -> usize {
+    size.saturating_sub(WRITER_RESERVED).max(1)
 }

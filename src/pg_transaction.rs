@@ -40,10 +40,17 @@ pub struct PgTransaction {
     client: Option<Object>,
     sql: Arc<Statements>,
     finished: std::cell::Cell<bool>,
+    /// This transaction's place among the pool's share for end
+    /// transactions (see `PgStore`), given back with it.
+    _share: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl PgTransaction {
-    pub(crate) async fn begin(client: Object, sql: Arc<Statements>) -> Result<Self, StoreError> {
+    pub(crate) async fn begin(
+        client: Object,
+        sql: Arc<Statements>,
+        share: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<Self, StoreError> {
         client
             .batch_execute("BEGIN")
             .await
@@ -52,6 +59,7 @@ impl PgTransaction {
             client: Some(client),
             sql,
             finished: std::cell::Cell::new(false),
+            _share: share,
         })
     }
 

@@ -9,8 +9,6 @@
 
 mod support;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use command_coordinator::{
@@ -19,42 +17,8 @@ use command_coordinator::{
 };
 use serde::{Deserialize, Serialize};
 use support::commands::{Behaviour, Job, WaitsForCancel, count, events, record, tag};
+use support::gates::{mark, open, pass, time_of};
 use support::{builder, fresh_db, within};
-use tokio::sync::Semaphore;
-
-/// Gates a command waits at until the test opens them, by key.
-static GATES: Mutex<Option<HashMap<String, Arc<Semaphore>>>> = Mutex::new(None);
-/// When events happened, by key.
-static TIMES: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
-
-fn gate(key: &str) -> Arc<Semaphore> {
-    let mut gates = GATES.lock().unwrap_or_else(|p| p.into_inner());
-    gates
-        .get_or_insert_with(HashMap::new)
-        .entry(key.to_owned())
-        .or_insert_with(|| Arc::new(Semaphore::new(0)))
-        .clone()
-}
-
-fn open(key: &str) {
-    gate(key).add_permits(1);
-}
-
-async fn pass(key: &str) {
-    gate(key).acquire().await.expect("gate").forget();
-}
-
-fn mark(key: String) {
-    let mut times = TIMES.lock().unwrap_or_else(|p| p.into_inner());
-    times
-        .get_or_insert_with(HashMap::new)
-        .insert(key, Instant::now());
-}
-
-fn time_of(key: &str) -> Option<Instant> {
-    let times = TIMES.lock().unwrap_or_else(|p| p.into_inner());
-    times.as_ref().and_then(|t| t.get(key).copied())
-}
 
 /// Waits (bounded) until `event` was recorded under `tag`.
 async fn until_recorded(t: &str, event: &str) {

@@ -48,6 +48,19 @@ impl Actor for CleanupActor {
 }
 
 /// Runs one cleanup pass; answers how many rows were removed.
+/// Stops the cleanup actor (see `Coordinator::shutdown`).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct StopCleanup;
+
+impl Handler<StopCleanup> for CleanupActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopCleanup, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
 #[derive(Message, Debug)]
 #[rtype(result = "Result<u64, StoreError>")]
 pub struct RunCleanup;

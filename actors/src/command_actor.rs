@@ -392,7 +392,7 @@ impl<C: Command> CommandActor<C> {
     /// Takes the next lifecycle step for the committed state. Every step ends
     /// by calling this again (or by arming a timer that will).
     fn advance(&mut self, ctx: &mut Context<Self>) {
-        if self.busy || self.finished {
+        if self.busy || self.finished || self.fenced() {
             return;
         }
         let _entered = self.span().entered();
@@ -467,6 +467,7 @@ impl<C: Command> CommandActor<C> {
                     }
                     act.committed(ctx, update)
                 }
+                Err(e) if e.is_fenced() => act.stop_acting(&e),
                 Err(e) => {
                     // The writer keeps retrying an unreachable database itself;
                     // this is an error of this write alone. Try again later,
@@ -494,6 +495,27 @@ impl<C: Command> CommandActor<C> {
                 }
             }
         }));
+    }
+
+    /// True when this actor may not act any more (its host lost the host
+    /// lock, or shut down): it then stops for good, taking no step and
+    /// calling no command code. Whichever host holds the lock rebuilds the
+    /// command from its row.
+    fn fenced(&mut self) -> bool {
+        if self.coordinator.may_act() {
+            return false;
+        }
+        if !self.finished {
+            debug!(command_id = %self.id(), "host may not act: command stops here");
+            self.finished = true;
+        }
+        true
+    }
+
+    /// A write was refused because this host may not act: stop for good.
+    fn stop_acting(&mut self, error: &dyn std::fmt::Display) {
+        warn!(command_id = %self.id(), error = %error, "status change refused: this host may not act; the command stops here and is rebuilt from its row");
+        self.finished = true;
     }
 
     /// The smallest update that still takes the command towards its end
@@ -648,6 +670,10 @@ impl<C: Command> CommandActor<C> {
                                 act.applied(update);
                                 act.run_on_executed(ctx);
                             }
+                            Err(e) if e.is_fenced() => {
+                                act.busy = false;
+                                act.stop_acting(&e);
+                            }
                             Err(e) => {
                                 act.busy = false;
                                 error!(command_id = %act.id(), error = %e, "executed flag not persisted; failing the command");
@@ -724,6 +750,9 @@ impl<C: Command> CommandActor<C> {
     fn evaluate(&mut self, ctx: &mut Context<Self>) {
         if self.busy {
             self.reevaluate = true;
+            return;
+        }
+        if self.fenced() {
             return;
         }
         if self.row.status != CommandStatus::Active || !self.row.executed || self.finished {
@@ -903,7 +932,7 @@ impl<C: Command> CommandActor<C> {
 
     /// Runs the end method for SUCCEEDED / FAILED / EXECUTION_FAILED.
     fn run_end_action(&mut self, ctx: &mut Context<Self>) {
-        if self.busy || self.finished || !self.row.status.awaits_end_action() {
+        if self.busy || self.finished || !self.row.status.awaits_end_action() || self.fenced() {
             return;
         }
         // A parent ends only after its children ended (oVirt 78ab1ef4249:

@@ -37,6 +37,10 @@ pub const DEFAULT_CLEANUP_PAUSE: Duration = Duration::from_millis(2);
 /// (by the CLI or another process); `Coordinator::cancel` acts at once.
 pub const DEFAULT_CANCEL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often a host verifies that it still holds its host lock (and tries
+/// to take it again when it lost it).
+pub const DEFAULT_HOST_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
 /// What happens to a root's hierarchy when the root ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnRootEnd {
@@ -79,6 +83,8 @@ pub struct RuntimeConfig {
     pub max_restarts: u32,
     pub on_root_end: OnRootEnd,
     pub cancel_check_interval: Duration,
+    /// How often the host lock is verified ([`DEFAULT_HOST_CHECK_INTERVAL`]).
+    pub host_check_interval: Duration,
     pub cleanup: CleanupConfig,
     pub writer: WriterConfig,
 }
@@ -94,6 +100,7 @@ impl Default for RuntimeConfig {
             max_restarts: DEFAULT_MAX_RESTARTS,
             on_root_end: OnRootEnd::KeepForCleanup,
             cancel_check_interval: DEFAULT_CANCEL_CHECK_INTERVAL,
+            host_check_interval: DEFAULT_HOST_CHECK_INTERVAL,
             cleanup: CleanupConfig::default(),
             writer: WriterConfig::default(),
         }
@@ -123,6 +130,11 @@ impl RuntimeConfig {
             (
                 "cancel_check_interval",
                 self.cancel_check_interval,
+                MAX_INTERVAL,
+            ),
+            (
+                "host_check_interval",
+                self.host_check_interval,
                 MAX_INTERVAL,
             ),
             ("cleanup interval", self.cleanup.interval, MAX_INTERVAL),
@@ -155,6 +167,9 @@ impl RuntimeConfig {
         }
         if self.cancel_check_interval.is_zero() {
             return Err("cancel_check_interval must be greater than zero".into());
+        }
+        if self.host_check_interval.is_zero() {
+            return Err("host_check_interval must be greater than zero".into());
         }
         if self.cleanup.interval.is_zero() {
             return Err("cleanup interval must be greater than zero".into());

@@ -28,11 +28,12 @@ use crate::cleanup::{CleanupActor, RunCleanup};
 use crate::command::{ChildView, Command};
 use crate::command_actor::{ActorSetup, LiveAddr, StartKind};
 use crate::config::{OnRootEnd, RuntimeConfig};
+use crate::fence::Fence;
 use crate::messages::{ChildCompleted, Finished, Inspect};
 use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
 use crate::poll_timers::PollTimers;
 use crate::registry::Registry;
-use crate::store::{BadRow, CancelOutcome, CommandStore, StoreError, Transition};
+use crate::store::{BadRow, CancelOutcome, CommandStore, HostLock, StoreError, Transition};
 use crate::writer::{OnCommit, StoreWriter};
 
 /// Why a coordinator call failed.
@@ -162,7 +163,16 @@ struct Shared {
     store: Arc<dyn CommandStore>,
     registry: Registry,
     config: RuntimeConfig,
+    /// Whether this host holds its lock, and its epoch (see [`Fence`]).
+    fence: Arc<Fence>,
+    /// Set by [`Coordinator::shutdown`]: nothing new is accepted or started.
+    stopped: std::sync::atomic::AtomicBool,
 }
+
+/// How long [`Coordinator::shutdown`] waits for the queued writes to
+/// commit (the database may be down); what is not committed is redone from
+/// the rows at the next start.
+pub const SHUTDOWN_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The handle hosts use: submit, execute, wait for and look up commands.
 ///
@@ -184,6 +194,31 @@ struct Shared {
 #[derive(Clone)]
 pub struct Coordinator {
     shared: Arc<Shared>,
+    /// For the handle a command actor holds: the epoch it was born in (see
+    /// [`Fence`]); its writes carry it. `None` for the host's handles.
+    epoch: Option<u32>,
+}
+
+/// The writer as a command actor uses it: its transitions carry the actor's
+/// epoch, so that an actor of an epoch that ended can never write.
+#[derive(Clone)]
+pub(crate) struct EpochWriter {
+    writer: StoreWriter,
+    epoch: Option<u32>,
+}
+
+impl EpochWriter {
+    pub(crate) fn queue(
+        &self,
+        transition: Transition,
+        on_commit: Option<OnCommit>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.writer.queue(transition, on_commit, self.epoch)
+    }
+
+    pub(crate) async fn write(&self, transition: Transition) -> Result<(), StoreError> {
+        self.writer.write(transition, self.epoch).await
+    }
 }
 
 impl fmt::Debug for Coordinator {
@@ -317,12 +352,64 @@ impl Coordinator {
             .map_err(CoordinatorError::from)
     }
 
-    /// Waits until every status change handed to the writer so far is
-    /// committed. Call before stopping the actix system for a clean shutdown;
-    /// whatever is still running is picked up from the database next start.
+    /// Stops this coordinator: from the call on, `submit`, `execute` and
+    /// `wait_for` answer [`CoordinatorError::Stopped`] and no command takes
+    /// another step; timers and intervals stop; the status changes already
+    /// handed to the writer are committed (waiting at most
+    /// [`SHUTDOWN_WRITE_WAIT`] for the database); the host lock is released,
+    /// so that a new coordinator can start on the schema, in this process or
+    /// another. Whatever was still running is picked up from the database at
+    /// the next start. Calling it again does nothing.
     pub async fn shutdown(&self) {
-        self.shared.writer.flush().await;
-        info!("coordinator shut down: pending writes committed");
+        use std::sync::atomic::Ordering;
+        if self.shared.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.shared.addr.send(StopCoordinator).await;
+        let _ = self.shared.cleanup.send(crate::cleanup::StopCleanup).await;
+        if actix::clock::timeout(SHUTDOWN_WRITE_WAIT, self.shared.writer.close())
+            .await
+            .is_err()
+        {
+            warn!(waited = ?SHUTDOWN_WRITE_WAIT, "shutdown: queued writes not committed (database unreachable); they are redone from the rows at the next start");
+        }
+        if let Err(e) = self.shared.store.release().await {
+            warn!(error = %e, "shutdown: could not release the host lock; it goes with the connection");
+        }
+        info!("coordinator shut down: pending writes committed, host lock released");
+    }
+
+    /// True while this coordinator may act: it holds the host lock (a
+    /// lost lock is looked for every [`RuntimeConfig::host_check_interval`])
+    /// and was not shut down. For health checks: a coordinator that is not
+    /// acting runs nothing until it holds the lock again.
+    pub fn is_acting(&self) -> bool {
+        !self
+            .shared
+            .stopped
+            .load(std::sync::atomic::Ordering::Acquire)
+            && self.shared.fence.acting()
+    }
+
+    /// May the holder of this handle act (write, call command code)? An
+    /// actor's handle stops allowing it once its epoch ended.
+    pub(crate) fn may_act(&self) -> bool {
+        !self
+            .shared
+            .stopped
+            .load(std::sync::atomic::Ordering::Acquire)
+            && match self.epoch {
+                Some(epoch) => self.shared.fence.allows(epoch),
+                None => self.shared.fence.acting(),
+            }
+    }
+
+    /// The handle a command actor born now holds.
+    fn for_actor(&self) -> Coordinator {
+        Coordinator {
+            shared: self.shared.clone(),
+            epoch: Some(self.shared.fence.epoch()),
+        }
     }
 
     /// The settings this coordinator runs with.
@@ -330,8 +417,11 @@ impl Coordinator {
         &self.shared.config
     }
 
-    pub(crate) fn writer(&self) -> &StoreWriter {
-        &self.shared.writer
+    pub(crate) fn writer(&self) -> EpochWriter {
+        EpochWriter {
+            writer: self.shared.writer.clone(),
+            epoch: self.epoch,
+        }
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn CommandStore> {
@@ -364,6 +454,13 @@ impl Coordinator {
         command: C,
         link: Option<ParentLink>,
     ) -> Result<(Box<CommandEntity>, bool), CoordinatorError> {
+        if self
+            .shared
+            .stopped
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(CoordinatorError::Stopped);
+        }
         if !self.shared.registry.contains(C::COMMAND_TYPE) {
             return Err(CoordinatorError::UnregisteredType {
                 command_type: C::COMMAND_TYPE,
@@ -434,10 +531,10 @@ impl Coordinator {
                 });
             }
         });
-        let committed = self
-            .shared
-            .writer
-            .queue(Transition::Insert(entity), Some(on_commit));
+        let committed =
+            self.shared
+                .writer
+                .queue(Transition::Insert(entity), Some(on_commit), self.epoch);
         async move { Ok(committed.await?) }
     }
 }
@@ -473,6 +570,13 @@ impl CoordinatorBuilder {
 
     pub fn max_poll_interval(mut self, interval: std::time::Duration) -> Self {
         self.config.max_poll_interval = interval;
+        self
+    }
+
+    /// How often the host lock is verified (default 2 s): a host that lost
+    /// it stops acting within this time.
+    pub fn host_check_interval(mut self, interval: std::time::Duration) -> Self {
+        self.config.host_check_interval = interval;
         self
     }
 
@@ -539,7 +643,12 @@ impl CoordinatorBuilder {
         }
         self.config.validate().map_err(StartError::InvalidConfig)?;
         self.store.prepare().await?;
-        let writer = StoreWriter::start(self.store.clone(), self.config.writer.clone());
+        let fence = Arc::new(Fence::default());
+        let writer = StoreWriter::start(
+            self.store.clone(),
+            self.config.writer.clone(),
+            fence.clone(),
+        );
 
         let ctx = Context::<CoordinatorActor>::new();
         let addr = ctx.address();
@@ -556,8 +665,13 @@ impl CoordinatorBuilder {
             store: self.store.clone(),
             registry: self.registry,
             config: self.config,
+            fence,
+            stopped: Default::default(),
         });
-        let coordinator = Coordinator { shared };
+        let coordinator = Coordinator {
+            shared,
+            epoch: None,
+        };
         ctx.run(CoordinatorActor {
             handle: coordinator.clone(),
             live: HashMap::new(),
@@ -565,26 +679,36 @@ impl CoordinatorBuilder {
             waiters: HashMap::new(),
             cancelled: HashSet::new(),
             checking_cancellations: false,
+            checking_host_lock: false,
             timers: PollTimers::new(),
         });
 
+        let rehydrate = Rehydrate::load(&*self.store).await?;
+        let count = rehydrate.entities.len();
+        addr.send(rehydrate)
+            .await
+            .map_err(|_| StartError::Stopped)?;
+        info!(unfinished = count, "coordinator started");
+        Ok(coordinator)
+    }
+}
+
+impl Rehydrate {
+    /// Reads every unfinished command and what it needs, as start-up (and
+    /// a host that took its lock again) rebuilds them.
+    async fn load(store: &dyn CommandStore) -> Result<Self, StoreError> {
         // Cancellations requested while no host ran are honoured before any
         // rebuilt command takes a step.
-        let cancel_requested = self.store.cancel_requested().await?;
-
-        let loaded = self.store.commands_with_callback_enabled().await?;
-        let children = self.store.children_of_unfinished().await?;
-        let count = loaded.entities.len();
-        addr.send(Rehydrate {
+        let cancel_requested = store.cancel_requested().await?;
+        let loaded = store.commands_with_callback_enabled().await?;
+        let children = store.children_of_unfinished().await?;
+        Ok(Rehydrate {
             entities: loaded.entities,
             bad_rows: loaded.bad_rows,
             children,
             cancel_requested,
+            reopen: false,
         })
-        .await
-        .map_err(|_| StartError::Stopped)?;
-        info!(unfinished = count, "coordinator started");
-        Ok(coordinator)
     }
 }
 
@@ -614,6 +738,8 @@ pub(crate) struct CoordinatorActor {
     /// A cancellation check is in flight: ticks do not pile up behind a slow
     /// database.
     checking_cancellations: bool,
+    /// A host lock check is in flight.
+    checking_host_lock: bool,
     /// Every live command's next poll.
     timers: PollTimers,
 }
@@ -624,7 +750,92 @@ impl Actor for CoordinatorActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let every = self.handle.shared.config.cancel_check_interval;
         ctx.run_interval(every, |_, ctx| ctx.notify(CheckCancellations));
+        let every = self.handle.shared.config.host_check_interval;
+        ctx.run_interval(every, |_, ctx| ctx.notify(CheckHostLock));
         self.drive_polls(ctx);
+    }
+}
+
+/// Shuts the coordinator actor down (see [`Coordinator::shutdown`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StopCoordinator;
+
+impl Handler<StopCoordinator> for CoordinatorActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopCoordinator, ctx: &mut Self::Context) {
+        // Dropping the addresses lets the command actors stop; waiters learn
+        // that the coordinator stopped.
+        self.live.clear();
+        self.parked.clear();
+        self.waiters.clear();
+        ctx.stop();
+    }
+}
+
+/// Verify the host lock; on its loss, stop acting; when it is held again,
+/// rebuild every command from the database.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CheckHostLock;
+
+impl Handler<CheckHostLock> for CoordinatorActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: CheckHostLock, _: &mut Self::Context) -> Self::Result {
+        if self.checking_host_lock {
+            return Box::pin(actix::fut::ready(()));
+        }
+        self.checking_host_lock = true;
+        let store = self.handle.shared.store.clone();
+        Box::pin(
+            async move {
+                match store.check_host_lock().await {
+                    Ok(HostLock::Reacquired) => match Rehydrate::load(&*store).await {
+                        Ok(rehydrate) => (HostLock::Reacquired, Some(rehydrate)),
+                        Err(e) => {
+                            error!(error = %e, "host lock held again, but the commands cannot be read; will retry");
+                            // The lock is held, the rebuild is not done: try again.
+                            let _ = store.release().await;
+                            (HostLock::NotHeld, None)
+                        }
+                    },
+                    Ok(state) => (state, None),
+                    Err(e) => {
+                        error!(error = %e, "cannot check the host lock");
+                        (HostLock::NotHeld, None)
+                    }
+                }
+            }
+            .into_actor(self)
+            .map(|(state, rehydrate), act, ctx| {
+                act.checking_host_lock = false;
+                let fence = &act.handle.shared.fence;
+                match state {
+                    HostLock::Held => {}
+                    HostLock::NotHeld => {
+                        if fence.acting() {
+                            fence.close();
+                            error!(live = act.live.len(),
+                                "HOST LOCK LOST: another host may run these commands now; this host stops acting (no writes, no steps, no end methods) until it holds the lock again");
+                        }
+                    }
+                    HostLock::Reacquired => {
+                        // Lost in between, even if only for a moment: what
+                        // this host knew may be stale.
+                        fence.close();
+                        act.live.clear();
+                        act.parked.clear();
+                        act.cancelled.clear();
+                        if let Some(mut rehydrate) = rehydrate {
+                            rehydrate.reopen = true;
+                            ctx.notify(rehydrate);
+                        }
+                    }
+                }
+            }),
+        )
     }
 }
 
@@ -696,8 +907,8 @@ impl CoordinatorActor {
         let handle = self.handle.clone();
         let write = self
             .handle
-            .shared
-            .writer
+            .for_actor()
+            .writer()
             .queue(Transition::Update(update), None);
         actix::spawn(async move {
             match write.await {
@@ -724,6 +935,12 @@ impl CoordinatorActor {
         let id = entity.id;
         let parent = entity.parent_id;
         let status = entity.status;
+        if self.live.contains_key(&id) {
+            // Already running (a rebuild found a row whose submit had just
+            // committed): one actor per command.
+            debug!(command_id = %id, "already live; not started twice");
+            return Ok(());
+        }
         let Some(factory) = self
             .handle
             .shared
@@ -751,7 +968,7 @@ impl CoordinatorActor {
                 self.cancelled.insert(id);
             }
         }
-        match factory.spawn(entity, setup, self.handle.clone()) {
+        match factory.spawn(entity, setup, self.handle.for_actor()) {
             Ok(addr) => {
                 self.live.insert(
                     id,
@@ -806,12 +1023,24 @@ struct Rehydrate {
     /// The children of those commands (ended ones included), oldest first.
     children: crate::store::LoadedRows,
     cancel_requested: Vec<CommandId>,
+    /// A rebuild after the host lock was taken again: a new epoch begins
+    /// when these actors are created (not before: a submit committed
+    /// meanwhile would be started twice).
+    reopen: bool,
 }
 
 impl Handler<Rehydrate> for CoordinatorActor {
     type Result = ();
 
     fn handle(&mut self, msg: Rehydrate, _: &mut Self::Context) {
+        if msg.reopen {
+            let epoch = self.handle.shared.fence.reopen();
+            warn!(
+                epoch,
+                unfinished = msg.entities.len(),
+                "host lock held again: commands rebuilt from the database"
+            );
+        }
         for bad in &msg.bad_rows {
             error!(command_id = %bad.command_id, reason = %bad.reason,
                 "unreadable command row: left as it is, isolated; the other commands start normally");

@@ -15,6 +15,7 @@ pub mod command;
 mod command_actor;
 pub mod config;
 pub mod coordinator;
+mod fence;
 pub mod messages;
 pub mod metrics;
 pub mod model;
@@ -34,6 +35,6 @@ pub use coordinator::{Coordinator, CoordinatorBuilder, CoordinatorError, Outcome
 pub use model::{CommandEntity, CommandId, CommandStatus, JsonPayload, UnknownStatus};
 pub use store::{
     BadRow, BoxError, CancelOutcome, CommandStore, CommandUpdate, EndTransaction, Expired,
-    LoadedRows, LocalStoreFuture, RemovedBatch, StoreError, StoreErrorKind, StoreFuture, StoreOp,
-    Transition,
+    HostLock, LoadedRows, LocalStoreFuture, RemovedBatch, StoreError, StoreErrorKind, StoreFuture,
+    StoreOp, Transition,
 };

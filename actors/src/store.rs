@@ -100,6 +100,11 @@ pub enum StoreErrorKind {
     /// A value could not be serialized for storage.
     #[error("cannot encode value: {0}")]
     Encode(#[source] BoxError),
+    /// This host may not write: it lost its host lock (another host may run
+    /// its commands now) or it shut down. The command stops acting; it is
+    /// rebuilt from its row by whichever host runs it next.
+    #[error("this host may not write: {0}")]
+    Fenced(String),
 }
 
 /// The one error type of the store: which operation, on which command, and why.
@@ -146,6 +151,25 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self.kind, StoreErrorKind::Unavailable(_))
     }
+
+    /// True when this host may not write any more (see
+    /// [`StoreErrorKind::Fenced`]): the caller stops acting, it does not retry.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self.kind, StoreErrorKind::Fenced(_))
+    }
+}
+
+/// What [`CommandStore::check_host_lock`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostLock {
+    /// Held all along since the last check.
+    Held,
+    /// It was lost (its connection died) and is held again: whatever this
+    /// host knew may be stale, so it rebuilds its commands from the store.
+    Reacquired,
+    /// Lost, and not held now (another host has it, or the database is
+    /// unreachable): this host must not act.
+    NotHeld,
 }
 
 /// A row that could not be read, reported by id so that it can be found and fixed
@@ -363,6 +387,19 @@ pub trait CommandStore: Send + Sync + 'static {
 
     /// Readies the store for a coordinator (migrations, for PostgreSQL).
     fn prepare(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Verifies that this host still holds the lock that makes it the only
+    /// one acting on the store, and tries to take it again when it was lost.
+    /// Stores without such a lock always answer [`HostLock::Held`].
+    fn check_host_lock(&self) -> StoreFuture<'_, HostLock> {
+        Box::pin(async { Ok(HostLock::Held) })
+    }
+
+    /// Releases what [`CommandStore::prepare`] took (the host lock), so that
+    /// another coordinator, in this process or another, can start.
+    fn release(&self) -> StoreFuture<'_, ()> {
         Box::pin(async { Ok(()) })
     }
 

@@ -35,6 +35,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, warn};
 
+use crate::fence::Fence;
 use crate::model::CommandId;
 use crate::store::{CommandStore, StoreError, StoreErrorKind, StoreOp, Transition};
 
@@ -123,28 +124,56 @@ enum Request {
     Write {
         transition: Transition,
         waiter: Waiter,
+        /// The epoch of the actor that wrote it (see [`Fence`]); `None` for
+        /// the host's own submits.
+        epoch: Option<u32>,
     },
-    /// Resolves once everything queued before it is committed.
-    Flush(oneshot::Sender<()>),
+    /// Commits what is queued, then stops; resolves when it stopped.
+    Close(oneshot::Sender<()>),
 }
 
 /// Handle to the writer task; cheap to clone.
 #[derive(Clone)]
-pub struct StoreWriter {
+pub(crate) struct StoreWriter {
     tx: mpsc::Sender<Request>,
+    /// Set by [`StoreWriter::close`]: later writes fail at once.
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StoreWriter {
     /// Starts the writer task on the current actix arbiter (Tokio local set).
-    pub fn start(store: Arc<dyn CommandStore>, config: WriterConfig) -> Self {
+    pub(crate) fn start(
+        store: Arc<dyn CommandStore>,
+        config: WriterConfig,
+        fence: Arc<Fence>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-        actix::spawn(run(store, config, rx));
-        Self { tx }
+        actix::spawn(run(store, config, fence, rx));
+        Self {
+            tx,
+            closed: Default::default(),
+        }
     }
 
     /// Queues `transition` and waits until it is committed.
-    pub async fn write(&self, transition: Transition) -> Result<(), StoreError> {
-        self.queue(transition, None).await
+    pub(crate) async fn write(
+        &self,
+        transition: Transition,
+        epoch: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.queue(transition, None, epoch).await
+    }
+
+    /// Commits what was queued before this call, then stops the writer: any
+    /// later write fails with [`StoreErrorKind::Fenced`].
+    pub(crate) async fn close(&self) {
+        if self.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Request::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Queues `transition` now and returns a future that resolves once it is
@@ -166,21 +195,26 @@ impl StoreWriter {
         &self,
         transition: Transition,
         on_commit: Option<OnCommit>,
+        epoch: Option<u32>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let id = transition.command_id();
         let stopped = move || {
             StoreError::new(
                 StoreOp::Apply,
                 Some(id),
-                StoreErrorKind::Unavailable("the store writer has stopped".into()),
+                StoreErrorKind::Fenced("the coordinator has shut down".into()),
             )
         };
         let (ack, done) = oneshot::channel();
         let request = Request::Write {
             transition,
             waiter: Waiter { ack, on_commit },
+            epoch,
         };
-        let blocked: Option<Pin<Box<dyn Future<Output = bool> + Send>>> =
+        let closed = self.closed.load(std::sync::atomic::Ordering::Acquire);
+        let blocked: Option<Pin<Box<dyn Future<Output = bool> + Send>>> = if closed {
+            Some(Box::pin(async { false }))
+        } else {
             match self.tx.try_send(request) {
                 Ok(()) => None,
                 Err(mpsc::error::TrySendError::Full(request)) => {
@@ -188,7 +222,8 @@ impl StoreWriter {
                     Some(Box::pin(async move { tx.send(request).await.is_ok() }))
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => Some(Box::pin(async { false })),
-            };
+            }
+        };
         async move {
             if let Some(send) = blocked
                 && !send.await
@@ -196,14 +231,6 @@ impl StoreWriter {
                 return Err(stopped());
             }
             done.await.map_err(|_| stopped())?
-        }
-    }
-
-    /// Waits until every transition queued before this call is committed.
-    pub async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Request::Flush(tx)).await.is_ok() {
-            let _ = rx.await;
         }
     }
 }
@@ -227,19 +254,55 @@ struct Pending {
     waiters: Vec<Waiter>,
     /// For an insert kept through an outage: when its sender gets an error.
     give_up_at: Option<tokio::time::Instant>,
+    /// The writing actor's epoch (`None`: a submit of the host's own).
+    epoch: Option<u32>,
 }
 
 impl Pending {
-    fn new(transition: Transition, waiter: Waiter) -> Self {
+    fn new(transition: Transition, waiter: Waiter, epoch: Option<u32>) -> Self {
         Self {
             transition,
             waiters: vec![waiter],
             give_up_at: None,
+            epoch,
         }
     }
 }
 
-async fn run(store: Arc<dyn CommandStore>, config: WriterConfig, mut rx: mpsc::Receiver<Request>) {
+/// Refuses the transitions of actors that may not act (their host lost its
+/// lock, or they belong to an epoch before it was taken again); returns
+/// whether the rest may be committed now (false while the lock is lost: the
+/// host's own submits then wait as in an outage).
+fn screen(fence: &Fence, items: &mut Vec<Pending>) -> bool {
+    let acting = fence.acting();
+    let epoch = fence.epoch();
+    items.retain_mut(|pending| match pending.epoch {
+        Some(e) if !acting || e != epoch => {
+            let id = pending.transition.command_id();
+            for waiter in pending.waiters.drain(..) {
+                let _ = waiter.ack.send(Err(StoreError::new(
+                    StoreOp::Apply,
+                    Some(id),
+                    StoreErrorKind::Fenced(
+                        "the host lock was lost; the command is rebuilt from its row by the host \
+                         that holds it"
+                            .into(),
+                    ),
+                )));
+            }
+            false
+        }
+        _ => true,
+    });
+    acting
+}
+
+async fn run(
+    store: Arc<dyn CommandStore>,
+    config: WriterConfig,
+    fence: Arc<Fence>,
+    mut rx: mpsc::Receiver<Request>,
+) {
     // Up to `lanes` batches commit at once, each on its own connection, so
     // that the database works on one batch while the next is being gathered
     // and sent (one batch in flight made the two sides take turns). An actor
@@ -266,7 +329,7 @@ async fn run(store: Arc<dyn CommandStore>, config: WriterConfig, mut rx: mpsc::R
             if open {
                 tokio::select! {
                     request = rx.recv() => match request {
-                        Some(request) => accept(request, &mut items, &mut flushes),
+                        Some(request) => open = accept(request, &mut items, &mut flushes),
                         None => open = false,
                     },
                     Some(kept) = kept_rx.recv() => retry.extend(kept),
@@ -289,10 +352,15 @@ async fn run(store: Arc<dyn CommandStore>, config: WriterConfig, mut rx: mpsc::R
         // Take whatever else is queued, up to a batch.
         while open && items.len() < config.max_batch {
             match rx.try_recv() {
-                Ok(request) => accept(request, &mut items, &mut flushes),
+                Ok(request) => open = accept(request, &mut items, &mut flushes),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
+        }
+        if retry.is_empty() && !screen(&fence, &mut items) {
+            // The host lock is lost: the host's own submits wait as in an
+            // outage (actors' transitions were refused).
+            retry = std::mem::take(&mut items);
         }
         if retry.is_empty() {
             if !items.is_empty() {
@@ -336,8 +404,11 @@ async fn run(store: Arc<dyn CommandStore>, config: WriterConfig, mut rx: mpsc::R
         all.extend(items);
         let now = tokio::time::Instant::now();
         given_up.extend(give_up_inserts(&mut all, now, config.submit_wait));
-        if !all.is_empty() {
+        let acting = screen(&fence, &mut all);
+        if acting && !all.is_empty() {
             retry = try_commit(&*store, coalesce(all), None).await;
+        } else {
+            retry = all;
         }
         if retry.is_empty() {
             delay = config.retry_min;
@@ -359,8 +430,15 @@ async fn run(store: Arc<dyn CommandStore>, config: WriterConfig, mut rx: mpsc::R
         // Wait before retrying, but keep serving the queue meanwhile: a submit
         // must learn of the outage at once rather than wait for the database.
         metrics::counter!(crate::metrics::WRITE_RETRIES).increment(1);
-        warn!(pending = retry.len(), retry_in = ?delay,
-            "database unavailable; status changes kept and retried");
+        if fence.acting() {
+            warn!(pending = retry.len(), retry_in = ?delay,
+                "database unavailable; status changes kept and retried");
+        } else {
+            warn!(
+                pending = retry.len(),
+                "host lock lost; submits wait until it is held again"
+            );
+        }
         // Meanwhile new work is taken in (it waits with the rest), and an
         // insert's wait ends on time even if the pause is longer.
         let deadline = tokio::time::Instant::now() + delay;
@@ -370,7 +448,7 @@ async fn run(store: Arc<dyn CommandStore>, config: WriterConfig, mut rx: mpsc::R
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 request = rx.recv() => match request {
-                    Some(request) => accept(request, &mut retry, &mut flushes),
+                    Some(request) => open = accept(request, &mut retry, &mut flushes),
                     None => open = false,
                 },
             }
@@ -391,11 +469,22 @@ async fn wait_for_lanes(slots: &Semaphore, lanes: usize) {
     drop(all);
 }
 
-fn accept(request: Request, items: &mut Vec<Pending>, flushes: &mut Vec<oneshot::Sender<()>>) {
+/// Takes a request in; returns false when it asks the writer to close.
+fn accept(
+    request: Request,
+    items: &mut Vec<Pending>,
+    flushes: &mut Vec<oneshot::Sender<()>>,
+) -> bool {
+    let open = !matches!(request, Request::Close(_));
     match request {
-        Request::Write { transition, waiter } => items.push(Pending::new(transition, waiter)),
-        Request::Flush(done) => flushes.push(done),
+        Request::Write {
+            transition,
+            waiter,
+            epoch,
+        } => items.push(Pending::new(transition, waiter, epoch)),
+        Request::Close(done) => flushes.push(done),
     }
+    open
 }
 
 /// Fails the inserts kept through an outage whose wait is over; returns their
@@ -489,7 +578,7 @@ async fn try_commit(
     for pending in items {
         transitions.push(pending.transition);
         senders.push(pending.waiters);
-        give_up.push(pending.give_up_at);
+        give_up.push((pending.give_up_at, pending.epoch));
     }
     let error = match store.apply(&transitions).await {
         Ok(()) => {
@@ -528,10 +617,11 @@ async fn try_commit(
         .into_iter()
         .zip(senders)
         .zip(give_up)
-        .map(|((transition, waiters), give_up_at)| Pending {
+        .map(|((transition, waiters), (give_up_at, epoch))| Pending {
             transition,
             waiters,
             give_up_at,
+            epoch,
         })
         .collect();
     drop(lane);
@@ -576,12 +666,14 @@ fn coalesce(items: Vec<Pending>) -> Vec<Pending> {
             transition,
             waiters,
             give_up_at,
+            epoch,
         } = pending;
         match transition {
             Transition::Insert(_) => inserts.push(Pending {
                 transition,
                 waiters,
                 give_up_at,
+                epoch,
             }),
             Transition::Update(update) => match update_index.get(&update.id) {
                 Some(&i) => {
@@ -596,6 +688,7 @@ fn coalesce(items: Vec<Pending>) -> Vec<Pending> {
                         transition: Transition::Update(update),
                         waiters,
                         give_up_at,
+                        epoch,
                     });
                 }
             },

@@ -61,6 +61,7 @@ pub async fn fresh_db() -> TestDb {
 }
 
 pub mod commands;
+pub mod gates;
 pub mod rows;
 
 use std::time::Duration;
@@ -70,7 +71,12 @@ use command_coordinator::{Coordinator, CoordinatorBuilder};
 /// A builder over the test's store with every test command type registered
 /// and fast timings (polls every 10 ms, end retries after 5 ms).
 pub fn builder(db: &TestDb) -> CoordinatorBuilder {
-    Coordinator::builder(db.store.clone())
+    builder_over(db.store.clone())
+}
+
+/// [`builder`] over another store (of the same schema, say).
+pub fn builder_over(store: command_coordinator::PgStore) -> CoordinatorBuilder {
+    Coordinator::builder(store)
         .register::<commands::Job>()
         .register::<commands::Parent>()
         .register::<commands::SerialParent>()

@@ -1,0 +1,282 @@
+//! The host around the commands: a clean shutdown, a host lock that is lost
+//! and taken again, and end transactions that may not starve the writer.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use command_coordinator::{
+    Command, CommandContext, CommandError, CommandStatus, CommandStore, CoordinatorError, PgStore,
+    PgTransaction, PollOutcome,
+};
+use serde::{Deserialize, Serialize};
+use support::commands::{Behaviour, Job, count, record, tag};
+use support::gates::{open_n, pass, until};
+use support::{builder, fresh_db, within};
+
+/// `pg_advisory_lock`'s first key for the host lock (see `PgStore`).
+const HOST_LOCK_CLASS: i32 = 0x4343_0002;
+
+#[actix::test]
+async fn after_shutdown_nothing_is_accepted_timers_stop_and_a_new_coordinator_takes_over() {
+    let db = fresh_db().await;
+    let co = builder(&db).start().await.unwrap();
+    let t = tag();
+    let done = within(
+        "a job",
+        co.execute(Job::new(&t, "done", Behaviour::Succeed)),
+    )
+    .await
+    .unwrap();
+    assert!(done.succeeded());
+    let stuck = co
+        .submit(Job::new(&t, "stuck", Behaviour::NeverDone))
+        .await
+        .unwrap();
+    until("the stuck job is polled", || count(&t, "poll:stuck") >= 2).await;
+
+    within("shutdown", co.shutdown()).await;
+    let after = co.submit(Job::new(&t, "late", Behaviour::Succeed)).await;
+    assert!(matches!(after, Err(CoordinatorError::Stopped)), "{after:?}");
+    let after = co.execute(Job::new(&t, "late", Behaviour::Succeed)).await;
+    assert!(matches!(after, Err(CoordinatorError::Stopped)), "{after:?}");
+    assert!(!co.is_acting());
+    // Its timers stopped: no more polls (the poll interval is at most 40 ms).
+    let polls = count(&t, "poll:stuck");
+    actix::clock::sleep(Duration::from_millis(400)).await;
+    assert_eq!(count(&t, "poll:stuck"), polls, "polled after shutdown");
+
+    // The host lock was released: a new coordinator on the schema, in this
+    // process, starts at once and runs what was left.
+    let store = PgStore::new(db.pool.clone(), db.config.schema().clone())
+        .with_host_lock_wait(Duration::from_millis(500));
+    let began = Instant::now();
+    let second = support::builder_over(store).start().await.unwrap();
+    assert!(began.elapsed() < Duration::from_secs(5));
+    assert_eq!(second.live_count().await.unwrap(), 1, "the stuck job");
+    until("the stuck job is polled by the new host", || {
+        count(&t, "poll:stuck") > polls
+    })
+    .await;
+    let again = within(
+        "a job on the new host",
+        second.execute(Job::new(&t, "again", Behaviour::Succeed)),
+    )
+    .await
+    .unwrap();
+    assert!(again.succeeded());
+    second.cancel(stuck).await.unwrap();
+    within("stuck job cancelled", second.wait_for(stuck))
+        .await
+        .unwrap();
+    second.shutdown().await;
+}
+
+static RELEASED: AtomicBool = AtomicBool::new(false);
+
+/// Runs until the test releases it, then succeeds; records its end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Held {
+    tag: String,
+}
+
+impl Command for Held {
+    const COMMAND_TYPE: i32 = 320;
+    type Output = ();
+
+    async fn execute(&mut self, _: &CommandContext) -> Result<(), CommandError> {
+        Ok(())
+    }
+
+    async fn poll(&mut self, _: &CommandContext) -> Result<PollOutcome<()>, CommandError> {
+        record(&self.tag, "poll");
+        Ok(if RELEASED.load(Ordering::Acquire) {
+            PollOutcome::Succeeded(())
+        } else {
+            PollOutcome::Running
+        })
+    }
+
+    async fn end_successfully(&mut self, _: &(), _: &CommandContext) -> Result<(), CommandError> {
+        record(&self.tag, "end");
+        Ok(())
+    }
+}
+
+#[actix::test]
+async fn a_host_that_loses_its_lock_stops_acting_until_it_holds_it_again_then_rebuilds() {
+    let db = fresh_db().await;
+    let co = builder(&db)
+        .register::<Held>()
+        .host_check_interval(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let t = tag();
+    let id = co.submit(Held { tag: t.clone() }).await.unwrap();
+    until("the command is polled", || count(&t, "poll") >= 1).await;
+    assert!(co.is_acting());
+
+    // Another host queues for the lock; the lock's connection dies (a
+    // restart, a failover, a middlebox): the other host has it at once.
+    let schema = db.config.schema().as_str().to_owned();
+    let other = db.pool.get().await.unwrap();
+    let other_pid: i32 = other
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let taken = actix::spawn({
+        let schema = schema.clone();
+        async move {
+            other
+                .execute(
+                    "SELECT pg_advisory_lock($1, hashtext($2))",
+                    &[&HOST_LOCK_CLASS, &schema],
+                )
+                .await
+                .unwrap();
+            other
+        }
+    });
+    let killer = db.pool.get().await.unwrap();
+    until_sql(&killer, "the other host waits for the lock", other_pid).await;
+    let killed: i64 = killer
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND classid = $1::int8::oid \
+               AND objid = (hashtext($2)::int8 & 4294967295)::oid \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&(HOST_LOCK_CLASS as i64), &schema],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "the host lock's connection");
+    let other = within("the other host takes the lock", taken)
+        .await
+        .unwrap();
+
+    // This host notices and stops acting.
+    until("the host stops acting", || !co.is_acting()).await;
+    // The command could now succeed; a host without its lock must not take
+    // the step (the other host may be running it).
+    RELEASED.store(true, Ordering::Release);
+    let polls = count(&t, "poll");
+    actix::clock::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&t, "poll"), polls, "polled without the lock");
+    assert_eq!(count(&t, "end"), 0, "ended without the lock");
+    assert_eq!(
+        db.store.get(id).await.unwrap().unwrap().status,
+        CommandStatus::Active
+    );
+
+    // The other host goes away: this one takes the lock again, rebuilds
+    // the command from its row, and ends it once.
+    other
+        .execute(
+            "SELECT pg_advisory_unlock($1, hashtext($2))",
+            &[&HOST_LOCK_CLASS, &schema],
+        )
+        .await
+        .unwrap();
+    until("the host acts again", || co.is_acting()).await;
+    let outcome = within("the rebuilt command", co.wait_for(id))
+        .await
+        .unwrap();
+    assert!(outcome.succeeded(), "{outcome:?}");
+    assert_eq!(count(&t, "end"), 1);
+    co.shutdown().await;
+}
+
+/// Waits until the backend `pid` waits for a lock.
+async fn until_sql(client: &deadpool_postgres::Object, what: &str, pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: bool = client
+            .query_one(
+                "SELECT coalesce(bool_or(wait_event_type = 'Lock'), false) \
+                 FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        actix::clock::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An end method that holds its end transaction open until the test lets
+/// it go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HoldsEndTransaction {
+    tag: String,
+}
+
+impl Command for HoldsEndTransaction {
+    const COMMAND_TYPE: i32 = 321;
+    type Output = ();
+
+    async fn execute(&mut self, _: &CommandContext) -> Result<(), CommandError> {
+        Ok(())
+    }
+
+    async fn poll(&mut self, _: &CommandContext) -> Result<PollOutcome<()>, CommandError> {
+        Ok(PollOutcome::Succeeded(()))
+    }
+
+    async fn end_successfully(&mut self, _: &(), ctx: &CommandContext) -> Result<(), CommandError> {
+        let tx = ctx.transaction::<PgTransaction>().await?;
+        record(&self.tag, "transaction open");
+        pass(&self.tag).await;
+        tx.execute("SELECT 1", &[])
+            .await
+            .map_err(|e| CommandError::new(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[actix::test]
+async fn end_transactions_cannot_take_the_connections_the_writer_needs() {
+    // A pool of 4 connections, and more end methods than that holding their
+    // transaction open.
+    let db = fresh_db().await;
+    let co = builder(&db)
+        .register::<HoldsEndTransaction>()
+        .start()
+        .await
+        .unwrap();
+    let t = tag();
+    let mut holders = Vec::new();
+    for _ in 0..6 {
+        holders.push(
+            co.submit(HoldsEndTransaction { tag: t.clone() })
+                .await
+                .unwrap(),
+        );
+    }
+    until("end transactions are open", || {
+        count(&t, "transaction open") >= 2
+    })
+    .await;
+    // Status changes and submits still go through.
+    let job = within(
+        "a job while end methods hold transactions",
+        co.execute(Job::new(&t, "meanwhile", Behaviour::Succeed)),
+    )
+    .await
+    .unwrap();
+    assert!(job.succeeded());
+    open_n(&t, holders.len());
+    for id in holders {
+        let outcome = within("a holder", co.wait_for(id)).await.unwrap();
+        assert!(outcome.succeeded(), "{outcome:?}");
+    }
+    assert_eq!(count(&t, "transaction open"), 6);
+    co.shutdown().await;
+}
