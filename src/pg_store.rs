@@ -252,9 +252,12 @@ impl Statements {
                    WHERE callback_enabled AND callback_notified IS NOT TRUE) \
                  ORDER BY created_at, command_id"
             ),
+            // The predicate is the partial index's (V4): only commands not
+            // notified yet, so the check does not grow with past cancellations.
             cancel_requested: format!(
                 "SELECT command_id FROM {t} \
-                 WHERE cancel_requested_at IS NOT NULL AND status NOT IN {ENDED}"
+                 WHERE cancel_requested_at IS NOT NULL AND callback_notified IS NOT TRUE \
+                   AND status NOT IN {ENDED}"
             ),
         }
     }
@@ -289,6 +292,10 @@ pub struct PgStore {
 /// Connections of the pool kept from end transactions, for the writer's
 /// batches (two in flight by default) and the reads between them.
 pub const WRITER_RESERVED: usize = 2;
+
+/// Attempts of a cancel request's update (a deadlock with a writer batch
+/// is retried).
+const CANCEL_ATTEMPTS: u32 = 3;
 
 /// How long the host lock's connection may take to answer its check.
 const HOST_LOCK_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -884,10 +891,22 @@ impl CommandStore for PgStore {
             {
                 return Ok(CancelOutcome::AlreadyEnded(status));
             }
-            let commands = self
-                .execute(op, Some(id), &self.sql.request_cancel, &[id.as_uuid()])
-                .await?;
-            Ok(CancelOutcome::Requested { commands })
+            // The tree walk locks rows in its own order, a writer batch in
+            // another: a deadlock (reported as transient) is retried.
+            let mut attempt = 1;
+            loop {
+                match self
+                    .execute(op, Some(id), &self.sql.request_cancel, &[id.as_uuid()])
+                    .await
+                {
+                    Ok(commands) => return Ok(CancelOutcome::Requested { commands }),
+                    Err(e) if e.is_transient() && attempt < CANCEL_ATTEMPTS => {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         })
     }
 
@@ -1200,6 +1219,11 @@ pub(crate) fn map_pg_error(
             Some(code) => {
                 code.code().starts_with("08") // connection exception
                     || code.code().starts_with("57P") // operator intervention (shutdown)
+                    // Two transactions took the same rows in different orders
+                    // (a cancel request's tree walk and a writer batch, say):
+                    // retrying wins, the other side went through.
+                    || *code == SqlState::T_R_DEADLOCK_DETECTED
+                    || *code == SqlState::T_R_SERIALIZATION_FAILURE
                     || *code == SqlState::TOO_MANY_CONNECTIONS
                     || *code == SqlState::CANNOT_CONNECT_NOW
             }

@@ -211,3 +211,45 @@ async fn a_cancellation_requested_while_no_host_runs_is_honoured_at_start_up() {
         Some("cancelled")
     );
 }
+
+/// The once-a-second check for requested cancellations looks only at
+/// commands not yet notified: it does not grow with every past cancellation
+/// (its partial index dropped ended rows only when cleanup removed them).
+#[actix::test]
+async fn the_cancellation_check_does_not_visit_past_cancellations() {
+    let db = fresh_db().await;
+    let co = builder(&db).start().await.unwrap();
+    let t = tag();
+    for i in 0..20 {
+        let id = co.submit(stuck(&t, &format!("s{i}"))).await.unwrap();
+        co.cancel(id).await.unwrap();
+        within("cancelled", co.wait_for(id)).await.unwrap();
+    }
+    let client = db.pool.get().await.unwrap();
+    client
+        .batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        .await
+        .unwrap();
+    let plan: serde_json::Value = client
+        .query_one(
+            &format!(
+                "EXPLAIN (ANALYZE, FORMAT JSON) SELECT command_id FROM {} \
+                 WHERE cancel_requested_at IS NOT NULL AND callback_notified IS NOT TRUE \
+                   AND status NOT IN ('ENDED_SUCCESSFULLY', 'ENDED_WITH_FAILURE')",
+                db.table()
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let node = &plan[0]["Plan"];
+    let text = plan.to_string();
+    assert!(
+        node["Index Name"] == "idx_command_entities_cancel_requested",
+        "the check uses the partial index: {text}"
+    );
+    let visited = node["Actual Rows"].as_f64().unwrap()
+        + node["Rows Removed by Filter"].as_f64().unwrap_or(0.0);
+    assert_eq!(visited, 0.0, "past cancellations visited: {text}");
+}

@@ -63,7 +63,7 @@ impl Handler<StopCleanup> for CleanupActor {
 
 #[derive(Message, Debug)]
 #[rtype(result = "Result<u64, StoreError>")]
-pub struct RunCleanup;
+pub(crate) struct RunCleanup;
 
 impl Handler<RunCleanup> for CleanupActor {
     // Atomic: a pass runs alone; a timer tick during a pass waits for it.

@@ -5,7 +5,7 @@
 //! messages; a [`Coordinator`] spawns them, routes completions from children
 //! to parents and rebuilds every unfinished command from the database at
 //! start-up; a cleanup actor expires old ended hierarchies. All writes go
-//! through one group-committing [`writer::StoreWriter`].
+//! through one group-committing writer (see [`writer`]).
 //!
 //! Hosts normally use this through the `command-coordinator` crate, which
 //! re-exports it and adds the PostgreSQL store.
@@ -16,7 +16,7 @@ mod command_actor;
 pub mod config;
 pub mod coordinator;
 mod fence;
-pub mod messages;
+mod messages;
 pub mod metrics;
 pub mod model;
 mod panic;
@@ -25,7 +25,8 @@ mod registry;
 pub mod store;
 pub mod writer;
 
-pub use cleanup::RunCleanup;
+pub use writer::WriterConfig;
+
 pub use command::{
     ChildExecution, ChildView, Command, CommandContext, CommandError, InterruptedExecute,
     PollOutcome,

@@ -225,7 +225,7 @@ pub struct RemovedBatch {
 }
 
 /// One change to `command_entities` made by the runtime, applied by the
-/// [`crate::writer::StoreWriter`] together with others in one transaction.
+/// writer (see [`crate::writer`]) together with others in one transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Transition {
     /// A new command (normally `NOT_STARTED`). Inserting an id that exists

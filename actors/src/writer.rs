@@ -59,7 +59,7 @@ pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(5);
 /// short enough that a caller learns of a real outage.
 pub const DEFAULT_SUBMIT_WAIT: Duration = Duration::from_secs(30);
 
-/// Settings of the [`StoreWriter`].
+/// Settings of the group-committing writer (see the module documentation).
 #[derive(Clone, Debug)]
 pub struct WriterConfig {
     pub max_batch: usize,
