@@ -121,7 +121,8 @@ async fn several_processes_migrating_at_once_all_succeed_and_apply_once() {
                 [
                     "V1__command_entities",
                     "V2__cancellation",
-                    "V3__hot_updates"
+                    "V3__hot_updates",
+                    "V5__dashboard_indexes"
                 ]
             );
             applied_by += 1;
