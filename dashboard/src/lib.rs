@@ -222,10 +222,10 @@ impl Dashboard {
         impl ServiceFactory<
             ServiceRequest,
             Config = (),
-            Response = ServiceResponse<impl MessageBody>,
+            Response = ServiceResponse<impl MessageBody + use<>>,
             Error = actix_web::Error,
             InitError = (),
-        >,
+        > + use<>,
     > {
         let inner = self.inner.clone();
         let guarded = self.inner.clone();
