@@ -56,11 +56,11 @@ use actix_web::{App, HttpResponse, HttpServer, get, post, web};
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use command_coordinator::embedded::{EmbeddedOptions, EmbeddedPostgres};
-use command_coordinator_dashboard::Dashboard;
 use command_coordinator::{
     CancelOutcome, Command, CommandContext, CommandEntity, CommandError, CommandId, CommandStore,
     Coordinator, CoordinatorError, DatabaseConfig, InterruptedExecute, PgStore, PollOutcome,
 };
+use command_coordinator_dashboard::Dashboard;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 

@@ -79,7 +79,11 @@ pub fn run(url: &str, schema: SchemaName, serve: Serve) -> Result<()> {
         for addr in server.addrs() {
             eprintln!(
                 "dashboard: http://{addr}{base}/  ({}, {auth}; database {config})",
-                if serve.read_only { "read-only" } else { "actions enabled" }
+                if serve.read_only {
+                    "read-only"
+                } else {
+                    "actions enabled"
+                }
             );
         }
         server

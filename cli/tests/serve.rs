@@ -30,7 +30,9 @@ impl Drop for Server {
 /// One request over HTTP/1.1 with `Connection: close`: (status, body).
 fn request(port: u16, method: &str, path: &str, auth: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let auth = auth
         .map(|a| {
             use base64::Engine;
@@ -94,7 +96,14 @@ async fn serve_shows_the_dashboard_behind_its_token_and_refuses_actions_read_onl
     // SAFETY: prctl is async-signal-safe and touches only the child.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -103,19 +112,32 @@ async fn serve_shows_the_dashboard_behind_its_token_and_refuses_actions_read_onl
     let _server = Server(cmd.spawn().expect("start the CLI"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "serve did not listen within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "serve did not listen within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
     assert_eq!(request(port, "GET", "/cc/", None).0, 401, "no credentials");
     assert_eq!(request(port, "GET", "/cc/", Some("ops:wrong")).0, 401);
     let auth = Some(format!("ops:{TOKEN}"));
-    let (status, page) = request(port, "GET", &format!("/cc/commands/{}", command.id), auth.as_deref());
+    let (status, page) = request(
+        port,
+        "GET",
+        &format!("/cc/commands/{}", command.id),
+        auth.as_deref(),
+    );
     assert_eq!(status, 200, "{page}");
     assert!(page.contains(&command.id.to_string()));
     assert!(page.contains("read-only"));
     assert!(!page.contains(TOKEN));
-    let (status, _) = request(port, "POST", &format!("/cc/commands/{}/cancel", command.id), auth.as_deref());
+    let (status, _) = request(
+        port,
+        "POST",
+        &format!("/cc/commands/{}/cancel", command.id),
+        auth.as_deref(),
+    );
     assert_eq!(status, 403, "read-only refuses the action");
     let row = store.get(command.id).await.unwrap().unwrap();
     assert_eq!(row.status, command.status, "nothing changed");

@@ -167,39 +167,72 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await?;
         (row.get(0), row.get(1))
     };
-    let tree_root: uuid::Uuid = client.query_one("SELECT md5('tree')::uuid", &[]).await?.get(0);
-    let tree_child: uuid::Uuid = client.query_one("SELECT md5('tree-c0')::uuid", &[]).await?.get(0);
+    let tree_root: uuid::Uuid = client
+        .query_one("SELECT md5('tree')::uuid", &[])
+        .await?
+        .get(0);
+    let tree_child: uuid::Uuid = client
+        .query_one("SELECT md5('tree-c0')::uuid", &[])
+        .await?
+        .get(0);
     drop(client);
 
-    let url = format!("postgres://dashboard_bench@127.0.0.1:{}/postgres", pg.port());
+    let url = format!(
+        "postgres://dashboard_bench@127.0.0.1:{}/postgres",
+        pg.port()
+    );
     let config = DatabaseConfig::from_url(&url)?.with_schema(schema.clone());
     let store = PgStore::new(config.create_pool()?, schema.clone());
-    let app = test::init_service(App::new().service(Dashboard::new(store).read_only(true).scope())).await;
+    let app =
+        test::init_service(App::new().service(Dashboard::new(store).read_only(true).scope())).await;
     let log_start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
 
     let deep_cursor = format!("{}_{}", deep.0.timestamp_micros(), deep.1.simple());
     let cases: Vec<(&str, String)> = vec![
         ("overview", "/".into()),
         ("list_first_page", "/commands".into()),
-        ("list_first_page_status_failed", "/commands?status=FAILED".into()),
+        (
+            "list_first_page_status_failed",
+            "/commands?status=FAILED".into(),
+        ),
         // No row has it: the page looks through its whole window (the worst case).
-        ("list_status_unknown_window", "/commands?status=UNKNOWN".into()),
-        ("list_deep_keyset_page", format!("/commands?before={deep_cursor}")),
-        ("list_parent_filter", format!("/commands?parent={tree_child}")),
+        (
+            "list_status_unknown_window",
+            "/commands?status=UNKNOWN".into(),
+        ),
+        (
+            "list_deep_keyset_page",
+            format!("/commands?before={deep_cursor}"),
+        ),
+        (
+            "list_parent_filter",
+            format!("/commands?parent={tree_child}"),
+        ),
         ("tree_10000_first_render", format!("/commands/{tree_root}")),
-        ("tree_expand_node", format!("/commands/{tree_child}/children")),
+        (
+            "tree_expand_node",
+            format!("/commands/{tree_child}/children"),
+        ),
     ];
     let mut results = serde_json::Map::new();
-    println!("{:<32} {:>8} {:>8} {:>8}", "request", "p50 ms", "p99 ms", "max ms");
+    println!(
+        "{:<32} {:>8} {:>8} {:>8}",
+        "request", "p50 ms", "p99 ms", "max ms"
+    );
     for (name, path) in &cases {
         let mut times = Vec::with_capacity(args.iterations);
         for i in 0..args.iterations + 10 {
             let began = Instant::now();
-            let res = test::call_service(&app, test::TestRequest::get().uri(path).to_request()).await;
+            let res =
+                test::call_service(&app, test::TestRequest::get().uri(path).to_request()).await;
             let status = res.status();
             let body = test::read_body(res).await;
             let took = began.elapsed();
-            assert!(status.is_success(), "{path}: {status}: {}", String::from_utf8_lossy(&body));
+            assert!(
+                status.is_success(),
+                "{path}: {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
             if i >= 10 {
                 times.push(took);
             }

@@ -108,9 +108,7 @@ type Counted = (Vec<(Option<String>, i64)>, Vec<(DateTime<Utc>, i64, i64)>);
 /// One scan: rows by status, and ends per minute over the last hour.
 async fn count_all(inner: &Inner) -> Result<Counted, DbError> {
     let now = Utc::now();
-    let this_minute = now
-        .duration_trunc(TimeDelta::minutes(1))
-        .unwrap_or(now);
+    let this_minute = now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now);
     let first = this_minute - TimeDelta::minutes(MINUTES as i64 - 1);
     let mut sql = Sql::new(String::new());
     let since = sql.bind(first);
@@ -135,7 +133,10 @@ async fn count_all(inner: &Inner) -> Result<Counted, DbError> {
         }
         if let Some(m) = minute {
             let slot = (m - first).num_minutes();
-            if let Some(entry) = usize::try_from(slot).ok().and_then(|i| per_minute.get_mut(i)) {
+            if let Some(entry) = usize::try_from(slot)
+                .ok()
+                .and_then(|i| per_minute.get_mut(i))
+            {
                 match status.as_deref() {
                     Some("ENDED_SUCCESSFULLY") => entry.1 += n,
                     Some("ENDED_WITH_FAILURE") => entry.2 += n,

@@ -7,11 +7,11 @@
 
 use std::future::Future;
 
+use actix_web::Error;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
-use actix_web::Error;
 
 use crate::{Inner, views};
 
@@ -84,13 +84,13 @@ fn refusal(inner: &Inner, req: &ServiceRequest) -> Option<(StatusCode, &'static 
     }
     // Browsers send Sec-Fetch-Site on every request; only the dashboard's own
     // pages (or the user typing a URL) may trigger an action.
-    if let Some(site) = req.headers().get("sec-fetch-site") {
-        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
-            return Some((
-                StatusCode::FORBIDDEN,
-                "cross-site request refused (Sec-Fetch-Site)",
-            ));
-        }
+    if let Some(site) = req.headers().get("sec-fetch-site")
+        && !matches!(site.as_bytes(), b"same-origin" | b"none")
+    {
+        return Some((
+            StatusCode::FORBIDDEN,
+            "cross-site request refused (Sec-Fetch-Site)",
+        ));
     }
     // Browsers send Origin on every POST; it must be the dashboard's own (or
     // one configured for a proxy). Clients that send neither header are not

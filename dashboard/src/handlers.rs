@@ -18,9 +18,7 @@ use actix_web::dev::{ServiceFactory, ServiceRequest};
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{Error, HttpRequest, HttpResponse, Scope, web};
-use command_coordinator::{
-    CancelOutcome, CommandId, CommandStore, CoordinatorError, error_chain,
-};
+use command_coordinator::{CancelOutcome, CommandId, CommandStore, CoordinatorError, error_chain};
 use uuid::Uuid;
 
 use crate::Inner;
@@ -148,7 +146,14 @@ async fn overview(d: web::Data<Inner>) -> HttpResponse {
         let stuck_after = human(chrono::TimeDelta::from_std(d.stuck_after).unwrap_or_default());
         Ok(html_response(
             StatusCode::OK,
-            views::overview(&d.frame(), &snapshot, &unended, &stuck, &stuck_after, &oldest),
+            views::overview(
+                &d.frame(),
+                &snapshot,
+                &unended,
+                &stuck,
+                &stuck_after,
+                &oldest,
+            ),
         ))
     }
     .await;
@@ -236,11 +241,11 @@ async fn build_tree(d: &Inner, ancestry: &[Uuid]) -> Result<views::TreeNode, Pag
     let mut levels = Vec::with_capacity(ancestry.len());
     for (i, &node) in ancestry.iter().enumerate() {
         let (mut rows, more) = d.children(node, None, CHILDREN_PAGE).await?;
-        if let Some(&next) = ancestry.get(i + 1) {
-            if !rows.iter().any(|r| r.id == next) {
-                // On the path but not on the first page: shown anyway.
-                rows.extend(d.summaries(&[next]).await?);
-            }
+        if let Some(&next) = ancestry.get(i + 1)
+            && !rows.iter().any(|r| r.id == next)
+        {
+            // On the path but not on the first page: shown anyway.
+            rows.extend(d.summaries(&[next]).await?);
         }
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
         let counts = d.child_counts(&ids).await?;
@@ -251,10 +256,10 @@ async fn build_tree(d: &Inner, ancestry: &[Uuid]) -> Result<views::TreeNode, Pag
         let Some((mut nodes, more)) = levels.pop() else {
             break;
         };
-        if let (Some(b), Some(next)) = (below.take(), ancestry.get(i + 1)) {
-            if let Some(n) = nodes.iter_mut().find(|n| n.summary.id == *next) {
-                n.children = Some(b);
-            }
+        if let (Some(b), Some(next)) = (below.take(), ancestry.get(i + 1))
+            && let Some(n) = nodes.iter_mut().find(|n| n.summary.id == *next)
+        {
+            n.children = Some(b);
         }
         below = Some((nodes, more));
     }
@@ -450,7 +455,9 @@ async fn cleanup_run(d: web::Data<Inner>, body: web::Bytes) -> HttpResponse {
             views::done(
                 &d.frame(),
                 "Cleanup done",
-                &format!("Removed {removed} rows of hierarchies that ended longer ago than {older_than}."),
+                &format!(
+                    "Removed {removed} rows of hierarchies that ended longer ago than {older_than}."
+                ),
                 &format!("{}/cleanup", d.base),
             ),
         ))

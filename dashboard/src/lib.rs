@@ -62,9 +62,8 @@ pub use guard::CONTENT_SECURITY_POLICY;
 pub const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(3600);
 
 /// How often the background task recounts the whole table. The count is one
-/// sequential scan (≈0.3 s per million rows on 2 cores); the task waits at
-/// least ten times as long as the last count took, so a huge table never
-/// keeps the database busy with counting.
+/// sequential scan; the task waits at least ten times as long as the last
+/// count took, so a huge table never keeps the database busy with counting.
 pub const DEFAULT_COUNTS_REFRESH: Duration = Duration::from_secs(30);
 
 /// How often a live page's status stream looks at the database.

@@ -156,8 +156,8 @@ impl State {
             let snapshot = inner.counts.snapshot();
             match inner.unended_counts().await {
                 Ok(unended) => {
-                    let html = crate::views::overview_live(&inner.base, &snapshot, &unended)
-                        .into_string();
+                    let html =
+                        crate::views::overview_live(&inner.base, &snapshot, &unended).into_string();
                     // "Counted 4s ago" changes every second; send only on news.
                     let key = format!("{:?}{:?}{:?}", snapshot.at, snapshot.error, unended);
                     if self.sent_overview.as_deref() != Some(key.as_str()) {

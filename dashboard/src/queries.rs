@@ -252,8 +252,7 @@ impl Filter {
     pub(crate) fn parse(pairs: &[(String, String)]) -> Result<Parsed, Vec<String>> {
         let mut f = Filter::default();
         let mut errors = Vec::new();
-        let uuid = |key: &str, v: &str, errors: &mut Vec<String>| match v.trim().parse::<Uuid>()
-        {
+        let uuid = |key: &str, v: &str, errors: &mut Vec<String>| match v.trim().parse::<Uuid>() {
             Ok(id) => Some(id),
             Err(_) => {
                 errors.push(format!("{key}: not a command id"));
@@ -293,19 +292,21 @@ impl Filter {
                 "root" => f.root = uuid("root", v, &mut errors),
                 "parent" => f.parent = uuid("parent", v, &mut errors),
                 "id" => {
-                    if let Ok(id) = v.parse::<Uuid>() {
-                        if pairs.iter().filter(|(k, v)| !v.is_empty() && k != "id").count() == 0 {
-                            return Ok(Parsed::Command(id));
-                        }
+                    if let Ok(id) = v.parse::<Uuid>()
+                        && pairs
+                            .iter()
+                            .filter(|(k, v)| !v.is_empty() && k != "id")
+                            .count()
+                            == 0
+                    {
+                        return Ok(Parsed::Command(id));
                     }
                     let hex: String = v.chars().filter(|c| *c != '-').collect();
                     if hex.len() < MIN_PREFIX
                         || hex.len() > 32
                         || !hex.chars().all(|c| c.is_ascii_hexdigit())
                     {
-                        errors.push(format!(
-                            "id: {MIN_PREFIX} to 32 hex digits of a command id"
-                        ));
+                        errors.push(format!("id: {MIN_PREFIX} to 32 hex digits of a command id"));
                     } else {
                         f.id_prefix = Some(hex.to_ascii_lowercase());
                     }
@@ -322,8 +323,11 @@ impl Filter {
 
     /// The filter as query parameters, for links and forms.
     pub(crate) fn pairs(&self) -> Vec<(&'static str, String)> {
-        let mut pairs: Vec<(&'static str, String)> =
-            self.statuses.iter().map(|s| ("status", s.clone())).collect();
+        let mut pairs: Vec<(&'static str, String)> = self
+            .statuses
+            .iter()
+            .map(|s| ("status", s.clone()))
+            .collect();
         if let Some(t) = self.command_type {
             pairs.push(("type", t.to_string()));
         }
@@ -364,9 +368,7 @@ impl Filter {
     fn push_indexed(&self, sql: &mut Sql, cursor: Option<Cursor>) -> Result<(), String> {
         if let Some(root) = self.root {
             let p = sql.bind(root);
-            sql.push(&format!(
-                " AND (command_id = {p} OR root_command_id = {p})"
-            ));
+            sql.push(&format!(" AND (command_id = {p} OR root_command_id = {p})"));
         }
         if let Some(parent) = self.parent {
             let p = sql.bind(parent);
@@ -424,8 +426,8 @@ pub(crate) fn list_sql(
     filter: &Filter,
     cursor: Option<Cursor>,
 ) -> Result<(Sql, bool), String> {
-    let windowed = !filter.selective()
-        && (!filter.statuses.is_empty() || filter.command_type.is_some());
+    let windowed =
+        !filter.selective() && (!filter.statuses.is_empty() || filter.command_type.is_some());
     let mut sql = Sql::new(String::new());
     if windowed {
         sql.push(&format!(
@@ -463,7 +465,12 @@ impl Inner {
     ) -> Result<ListPage, DbError> {
         let (sql, windowed) =
             list_sql(&self.table, filter, cursor).map_err(|e| DbError::new(e, false))?;
-        let mut rows: Vec<Summary> = self.query(&sql).await?.iter().map(Summary::from_row).collect();
+        let mut rows: Vec<Summary> = self
+            .query(&sql)
+            .await?
+            .iter()
+            .map(Summary::from_row)
+            .collect();
         if rows.len() > PAGE {
             rows.truncate(PAGE);
             let next = rows.last().and_then(Summary::key);
@@ -572,7 +579,12 @@ impl Inner {
             "SELECT {SUMMARY} FROM {} WHERE command_id = ANY({p})",
             self.table
         ));
-        Ok(self.query(&sql).await?.iter().map(Summary::from_row).collect())
+        Ok(self
+            .query(&sql)
+            .await?
+            .iter()
+            .map(Summary::from_row)
+            .collect())
     }
 
     /// Up to `limit` children of `parent` in creation order, after `after`;
@@ -595,7 +607,12 @@ impl Inner {
         }
         let l = sql.bind(limit as i64 + 1);
         sql.push(&format!(" ORDER BY created_at, command_id LIMIT {l}"));
-        let mut rows: Vec<Summary> = self.query(&sql).await?.iter().map(Summary::from_row).collect();
+        let mut rows: Vec<Summary> = self
+            .query(&sql)
+            .await?
+            .iter()
+            .map(Summary::from_row)
+            .collect();
         let next = if rows.len() > limit {
             rows.truncate(limit);
             rows.last().and_then(Summary::key)
@@ -677,7 +694,12 @@ impl Inner {
              ORDER BY created_at, command_id LIMIT {l}",
             self.table
         ));
-        Ok(self.query(&sql).await?.iter().map(Summary::from_row).collect())
+        Ok(self
+            .query(&sql)
+            .await?
+            .iter()
+            .map(Summary::from_row)
+            .collect())
     }
 
     /// Roots not ended that have run longer than expected of their type,
@@ -696,7 +718,12 @@ impl Inner {
         let mut sql = Sql::new(String::new());
         let h = sql.bind(horizon);
         let types = sql.bind(self.expected.iter().map(|(t, _)| *t).collect::<Vec<i32>>());
-        let limits = sql.bind(self.expected.iter().map(|(_, d)| secs(d)).collect::<Vec<f64>>());
+        let limits = sql.bind(
+            self.expected
+                .iter()
+                .map(|(_, d)| secs(d))
+                .collect::<Vec<f64>>(),
+        );
         let default = sql.bind(secs(&self.stuck_after));
         let l = sql.bind(limit);
         sql.push(&format!(
@@ -708,7 +735,12 @@ impl Inner {
              ORDER BY created_at, command_id LIMIT {l}",
             t = self.table
         ));
-        Ok(self.query(&sql).await?.iter().map(Summary::from_row).collect())
+        Ok(self
+            .query(&sql)
+            .await?
+            .iter()
+            .map(Summary::from_row)
+            .collect())
     }
 
     /// Status, cancellation and times of these commands, for live pages.

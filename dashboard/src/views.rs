@@ -50,7 +50,12 @@ pub(crate) fn html_response(status: StatusCode, markup: Markup) -> HttpResponse 
 }
 
 /// A page with one message (errors, refusals).
-pub(crate) fn message_page(base: &str, status: StatusCode, title: &str, message: &str) -> HttpResponse {
+pub(crate) fn message_page(
+    base: &str,
+    status: StatusCode,
+    title: &str,
+    message: &str,
+) -> HttpResponse {
     let frame = Frame {
         base,
         read_only: true,
@@ -136,7 +141,12 @@ fn status_class(status: Option<&str>) -> String {
 }
 
 /// A status badge the live script keeps current.
-pub(crate) fn status_badge(id: Uuid, status: Option<&str>, cancel_requested: bool, ended: bool) -> Markup {
+pub(crate) fn status_badge(
+    id: Uuid,
+    status: Option<&str>,
+    cancel_requested: bool,
+    ended: bool,
+) -> Markup {
     html! {
         span class=(status_class(status)) data-status-of=(id) { (status.unwrap_or("NULL")) }
         span.cancel-mark data-cancel-mark-of=(id) hidden[!cancel_requested || ended] { "cancel requested" }
@@ -157,7 +167,9 @@ fn ago(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Markup {
 
 fn exact(at: Option<DateTime<Utc>>) -> Markup {
     match at {
-        Some(t) => html! { time datetime=(t.to_rfc3339()) { (t.format("%Y-%m-%d %H:%M:%S%.3f UTC")) } },
+        Some(t) => {
+            html! { time datetime=(t.to_rfc3339()) { (t.format("%Y-%m-%d %H:%M:%S%.3f UTC")) } }
+        }
         None => html! { span.muted { "NULL" } },
     }
 }
@@ -174,7 +186,7 @@ fn number(n: i64) -> String {
     let digits = n.abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -211,10 +223,20 @@ fn summary_table(base: &str, rows: &[Summary], now: DateTime<Utc>) -> Markup {
 }
 
 /// The part of the overview that live updates replace.
-pub(crate) fn overview_live(base: &str, snapshot: &Snapshot, unended: &[(Option<String>, i64)]) -> Markup {
+pub(crate) fn overview_live(
+    base: &str,
+    snapshot: &Snapshot,
+    unended: &[(Option<String>, i64)],
+) -> Markup {
     let now = Utc::now();
     let unended_total: i64 = unended.iter().map(|(_, n)| n).sum();
-    let max = snapshot.by_status.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1);
+    let max = snapshot
+        .by_status
+        .iter()
+        .map(|(_, n)| *n)
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let mut statuses: Vec<Option<String>> = STATUSES.iter().map(|s| Some(s.to_string())).collect();
     for (s, _) in snapshot.by_status.iter().chain(unended) {
         if !statuses.contains(s) {
@@ -277,7 +299,11 @@ fn status_href(base: &str, s: &Option<String>) -> String {
 
 /// A horizontal bar as SVG (attributes only: no inline style under the CSP).
 fn bar(n: i64, max: i64) -> Markup {
-    let width = if n == 0 { 0.0 } else { (n as f64 / max as f64 * 100.0).max(1.0) };
+    let width = if n == 0 {
+        0.0
+    } else {
+        (n as f64 / max as f64 * 100.0).max(1.0)
+    };
     html! {
         svg.bar viewBox="0 0 100 8" width="100" height="8" aria-hidden="true" {
             rect.track x="0" y="0" width="100" height="8" rx="2" {}
@@ -290,8 +316,16 @@ fn bar(n: i64, max: i64) -> Markup {
 fn throughput_chart(per_minute: &[(DateTime<Utc>, i64, i64)]) -> Markup {
     const W: f64 = 600.0;
     const H: f64 = 120.0;
-    let max = per_minute.iter().map(|(_, ok, fail)| ok + fail).max().unwrap_or(0);
-    let scale = if max == 0 { 0.0 } else { (H - 10.0) / max as f64 };
+    let max = per_minute
+        .iter()
+        .map(|(_, ok, fail)| ok + fail)
+        .max()
+        .unwrap_or(0);
+    let scale = if max == 0 {
+        0.0
+    } else {
+        (H - 10.0) / max as f64
+    };
     let slot = W / per_minute.len().max(1) as f64;
     let total: i64 = per_minute.iter().map(|(_, ok, fail)| ok + fail).sum();
     html! {
@@ -352,7 +386,9 @@ pub(crate) fn overview(
 
 /// The filter form of the list.
 fn filter_form(base: &str, f: &Filter) -> Markup {
-    let value = |o: &Option<(String, std::time::Duration)>| o.as_ref().map(|(t, _)| t.clone()).unwrap_or_default();
+    let value = |o: &Option<(String, std::time::Duration)>| {
+        o.as_ref().map(|(t, _)| t.clone()).unwrap_or_default()
+    };
     html! {
         form.filters #filters action=(format!("{base}/commands")) method="get" {
             fieldset.statuses {
@@ -378,7 +414,13 @@ fn query_string(pairs: &[(&str, String)]) -> String {
 }
 
 /// The command list.
-pub(crate) fn list(frame: &Frame, f: &Filter, errors: &[String], page: Option<&ListPage>, paged: bool) -> Markup {
+pub(crate) fn list(
+    frame: &Frame,
+    f: &Filter,
+    errors: &[String],
+    page: Option<&ListPage>,
+    paged: bool,
+) -> Markup {
     let base = frame.base;
     let now = Utc::now();
     let filter_qs = query_string(&f.pairs());
@@ -409,9 +451,7 @@ pub(crate) fn list(frame: &Frame, f: &Filter, errors: &[String], page: Option<&L
                         a.button.secondary href=(format!("{base}/commands?{filter_qs}")) { "← Newest" }
                     }
                     @if let Some(next) = page.next {
-                        @let mut pairs = f.pairs();
-                        @let _ = pairs.push(("before", next.encode()));
-                        a.button #older href=(format!("{base}/commands?{}", query_string(&pairs))) {
+                        a.button #older href=(older_href(base, f, next)) {
                             @if page.window_exhausted { "Search older →" } @else { "Older →" }
                         }
                     }
@@ -419,6 +459,13 @@ pub(crate) fn list(frame: &Frame, f: &Filter, errors: &[String], page: Option<&L
             }
         },
     )
+}
+
+/// The link to the page after `next`, with the same filter.
+fn older_href(base: &str, f: &Filter, next: Cursor) -> String {
+    let mut pairs = f.pairs();
+    pairs.push(("before", next.encode()));
+    format!("{base}/commands?{}", query_string(&pairs))
 }
 
 /// Pretty JSON when it parses (and was not cut), else the stored text.
@@ -604,7 +651,13 @@ pub(crate) fn tree_node(base: &str, n: &TreeNode, current: Uuid) -> Markup {
 
 /// A page of children as `<li>`s, and a "more" item when more follow: what
 /// the script inserts when a node is expanded.
-pub(crate) fn children_items(base: &str, parent: Uuid, children: &[TreeNode], more: Option<Cursor>, current: Uuid) -> Markup {
+pub(crate) fn children_items(
+    base: &str,
+    parent: Uuid,
+    children: &[TreeNode],
+    more: Option<Cursor>,
+    current: Uuid,
+) -> Markup {
     html! {
         @for c in children { (tree_node(base, c, current)) }
         @if let Some(cursor) = more {
@@ -628,7 +681,11 @@ pub(crate) fn nodes(rows: Vec<Summary>, counts: &HashMap<Uuid, i64>) -> Vec<Tree
 }
 
 /// Confirmation of a cancellation.
-pub(crate) fn confirm_cancel(frame: &Frame, s: &Summary, counts: &[(Option<String>, i64)]) -> Markup {
+pub(crate) fn confirm_cancel(
+    frame: &Frame,
+    s: &Summary,
+    counts: &[(Option<String>, i64)],
+) -> Markup {
     let base = frame.base;
     layout(
         frame,
@@ -688,7 +745,12 @@ pub(crate) fn done(frame: &Frame, title: &str, message: &str, href: &str) -> Mar
 }
 
 /// The cleanup page: dry run first, then the real thing.
-pub(crate) fn cleanup(frame: &Frame, older_than: &str, dry_run: Option<(u64, u64)>, error: Option<&str>) -> Markup {
+pub(crate) fn cleanup(
+    frame: &Frame,
+    older_than: &str,
+    dry_run: Option<(u64, u64)>,
+    error: Option<&str>,
+) -> Markup {
     let base = frame.base;
     layout(
         frame,

@@ -100,11 +100,19 @@ fn start_host(db: &TestDb) -> (Running, std::thread::JoinHandle<()>) {
                 .await
                 .expect("coordinator");
             let root = coordinator
-                .submit(Rollout { region: "eu".into(), depth: 2, width: 3 })
+                .submit(Rollout {
+                    region: "eu".into(),
+                    depth: 2,
+                    width: 3,
+                })
                 .await
                 .expect("submit");
             let leaf = coordinator
-                .submit(Rollout { region: "us".into(), depth: 0, width: 0 })
+                .submit(Rollout {
+                    region: "us".into(),
+                    depth: 0,
+                    width: 0,
+                })
                 .await
                 .expect("submit");
             let rw = Dashboard::new(store.clone())
@@ -112,17 +120,20 @@ fn start_host(db: &TestDb) -> (Running, std::thread::JoinHandle<()>) {
                 .unwrap()
                 .live_interval(Duration::from_millis(200))
                 .counts_refresh(Duration::from_secs(1));
-            let ro = Dashboard::new(store.clone()).base_path("/ro").unwrap().read_only(true);
+            let ro = Dashboard::new(store.clone())
+                .base_path("/ro")
+                .unwrap()
+                .read_only(true);
             let server = HttpServer::new(move || {
                 App::new()
                     .service(rw.scope())
                     .service(ro.scope())
                     .route("/elsewhere", actix_web::web::get().to(elsewhere))
             })
-                .workers(1)
-                .disable_signals()
-                .bind(("127.0.0.1", 0))
-                .expect("bind");
+            .workers(1)
+            .disable_signals()
+            .bind(("127.0.0.1", 0))
+            .expect("bind");
             let port = server.addrs()[0].port();
             let server = server.run();
             tx.send(Running {
@@ -136,13 +147,17 @@ fn start_host(db: &TestDb) -> (Running, std::thread::JoinHandle<()>) {
             coordinator.shutdown().await;
         });
     });
-    let running = rx.recv_timeout(Duration::from_secs(60)).expect("the host started");
+    let running = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the host started");
     (running, thread)
 }
 
 fn screenshot(browser: &Browser, name: &str) {
     if let Ok(dir) = std::env::var("DASHBOARD_SCREENSHOTS") {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(dir);
         std::fs::create_dir_all(&dir).unwrap();
         browser.screenshot(&dir.join(format!("dashboard-{name}.png")));
     }
@@ -177,7 +192,8 @@ fn an_operator_finds_expands_and_cancels_a_hierarchy_live_in_a_real_browser() {
     browser.goto(&format!("{base}/cc/"));
     browser.wait_for("#overview-live");
     browser.wait_until("document.body.dataset.live === 'open'");
-    browser.wait_until("document.querySelector('#counted').textContent.includes('commands, counted')");
+    browser
+        .wait_until("document.querySelector('#counted').textContent.includes('commands, counted')");
     screenshot(&browser, "overview");
     browser.press("?");
     browser.wait_until("!document.getElementById('help').hidden");
@@ -208,12 +224,17 @@ fn an_operator_finds_expands_and_cancels_a_hierarchy_live_in_a_real_browser() {
     browser.wait_until("document.querySelectorAll('#tree > li > ul > li').length === 3");
     let expand = browser.wait_for("#tree > li > ul > li:first-child a.expand");
     browser.click(&expand);
-    browser.wait_until("document.querySelectorAll('#tree > li > ul > li:first-child > ul > li').length === 3");
+    browser.wait_until(
+        "document.querySelectorAll('#tree > li > ul > li:first-child > ul > li').length === 3",
+    );
     screenshot(&browser, "command");
 
     // Cancel the running hierarchy; its status changes on the page, no reload.
     let status_js = format!("document.querySelector('h1 [data-status-of=\"{root}\"]').textContent");
-    assert_eq!(browser.script(&format!("return {status_js};"), json!([])), json!("ACTIVE"));
+    assert_eq!(
+        browser.script(&format!("return {status_js};"), json!([])),
+        json!("ACTIVE")
+    );
     let cancel = browser.wait_for("#cancel");
     browser.click(&cancel);
     let confirm = browser.wait_for("#confirm");
@@ -221,14 +242,19 @@ fn an_operator_finds_expands_and_cancels_a_hierarchy_live_in_a_real_browser() {
     browser.wait_for("p.notice");
     browser.script("window.__stillThisPage = true;", json!([]));
     browser.wait_until("document.body.dataset.live === 'open'");
-    assert_eq!(browser.script(&format!("return {status_js};"), json!([])), json!("ACTIVE"));
+    assert_eq!(
+        browser.script(&format!("return {status_js};"), json!([])),
+        json!("ACTIVE")
+    );
     let took = browser.wait_until(&format!("{status_js} === 'ENDED_WITH_FAILURE'"));
     assert_eq!(
         browser.script("return window.__stillThisPage === true;", json!([])),
         Value::Bool(true),
         "the status changed without a reload"
     );
-    browser.wait_until("document.querySelector('.actions') === null || document.querySelector('.actions').hidden");
+    browser.wait_until(
+        "document.querySelector('.actions') === null || document.querySelector('.actions').hidden",
+    );
     eprintln!("cancelled hierarchy shown ended after {took:?}");
 
     // HTML in a failure reason and in parameters is shown as text.
@@ -236,7 +262,10 @@ fn an_operator_finds_expands_and_cancels_a_hierarchy_live_in_a_real_browser() {
     let why = browser.wait_for("#failure-reason");
     assert_eq!(browser.text(&why), reason);
     assert_eq!(
-        browser.script("return document.querySelectorAll('#failure-reason *, pre.json *').length;", json!([])),
+        browser.script(
+            "return document.querySelectorAll('#failure-reason *, pre.json *').length;",
+            json!([])
+        ),
         json!(0)
     );
 
@@ -261,7 +290,10 @@ fn an_operator_finds_expands_and_cancels_a_hierarchy_live_in_a_real_browser() {
     let go = browser.wait_for("#go");
     browser.click(&go);
     browser.wait_until("document.body.textContent.includes('cross-')");
-    assert!(!block_on(db.cancel_requested(leaf)), "a cross-origin POST cancelled nothing");
+    assert!(
+        !block_on(db.cancel_requested(leaf)),
+        "a cross-origin POST cancelled nothing"
+    );
 
     // The same request from the dashboard's own origin acts.
     browser.goto(&format!("{base}/cc/"));
@@ -271,7 +303,11 @@ fn an_operator_finds_expands_and_cancels_a_hierarchy_live_in_a_real_browser() {
          fetch(arguments[0], { method: 'POST' }).then(r => done(r.status), e => done(String(e)));",
         json!([format!("/cc/commands/{leaf}/cancel")]),
     );
-    assert_eq!(status, json!(200), "followed the redirect to the command page");
+    assert_eq!(
+        status,
+        json!(200),
+        "followed the redirect to the command page"
+    );
     assert!(block_on(db.cancel_requested(leaf)));
 
     drop(browser);

@@ -15,7 +15,8 @@ use uuid::Uuid;
 /// GET `$path`: (status, body).
 macro_rules! get {
     ($app:expr, $path:expr) => {{
-        let res = test::call_service(&$app, test::TestRequest::get().uri(&$path).to_request()).await;
+        let res =
+            test::call_service(&$app, test::TestRequest::get().uri(&$path).to_request()).await;
         let status = res.status();
         let body = test::read_body(res).await;
         (status, String::from_utf8(body.to_vec()).unwrap())
@@ -25,7 +26,15 @@ macro_rules! get {
 /// POST a form to `$path` as the dashboard's own page would (same origin).
 macro_rules! post {
     ($app:expr, $path:expr, $form:expr) => {
-        post!($app, $path, $form, [("origin", "http://dash.test"), ("sec-fetch-site", "same-origin")])
+        post!(
+            $app,
+            $path,
+            $form,
+            [
+                ("origin", "http://dash.test"),
+                ("sec-fetch-site", "same-origin")
+            ]
+        )
     };
     ($app:expr, $path:expr, $form:expr, $headers:expr) => {{
         let mut req = test::TestRequest::post()
@@ -102,10 +111,17 @@ async fn the_overview_counts_in_the_background_and_lists_stuck_hierarchies() {
         CONTENT_SECURITY_POLICY
     );
     let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
-    let stuck_section = &body[body.find("Stuck hierarchies").unwrap()..body.find("Oldest commands").unwrap()];
-    assert!(stuck_section.contains(&stuck.to_string()), "{stuck_section}");
+    let stuck_section =
+        &body[body.find("Stuck hierarchies").unwrap()..body.find("Oldest commands").unwrap()];
+    assert!(
+        stuck_section.contains(&stuck.to_string()),
+        "{stuck_section}"
+    );
     assert!(!stuck_section.contains(&young.to_string()));
-    assert!(!body.contains("<script>") && !body.contains("style="), "no inline code");
+    assert!(
+        !body.contains("<script>") && !body.contains("style="),
+        "no inline code"
+    );
 
     // The exact counts arrive from the background task.
     let counted = async {
@@ -120,7 +136,10 @@ async fn the_overview_counts_in_the_background_and_lists_stuck_hierarchies() {
     let body = actix_web::rt::time::timeout(Duration::from_secs(20), counted)
         .await
         .expect("the background count within 20 s");
-    assert!(body.contains(r#"data-count-of="ENDED_SUCCESSFULLY">3<"#), "{body}");
+    assert!(
+        body.contains(r#"data-count-of="ENDED_SUCCESSFULLY">3<"#),
+        "{body}"
+    );
     assert!(body.contains(r#"data-count-of="ACTIVE">2<"#));
     assert!(body.contains("<svg class=\"chart\""), "throughput chart");
 }
@@ -172,7 +191,9 @@ async fn the_list_filters_and_pages_by_key_newest_first() {
     let (_, body) = get!(app, format!("/commands?id={prefix}"));
     assert_eq!(listed_ids(&body), vec![active[7]]);
     let (_, body) = get!(app, "/commands?status=NOPE&older_than=soon");
-    assert!(body.contains("status: not a known status") && body.contains("older_than: not a duration"));
+    assert!(
+        body.contains("status: not a known status") && body.contains("older_than: not a duration")
+    );
 
     let res = test::call_service(
         &app,
@@ -181,7 +202,11 @@ async fn the_list_filters_and_pages_by_key_newest_first() {
             .to_request(),
     )
     .await;
-    assert_eq!(res.status(), StatusCode::SEE_OTHER, "a whole id opens its page");
+    assert_eq!(
+        res.status(),
+        StatusCode::SEE_OTHER,
+        "a whole id opens its page"
+    );
     assert_eq!(
         res.headers().get("location").unwrap().to_str().unwrap(),
         format!("/commands/{}", active[3])
@@ -207,9 +232,17 @@ async fn html_in_parameters_and_failure_reasons_is_escaped() {
         assert_eq!(status, StatusCode::OK);
         assert!(!body.contains("<script>alert"), "{path}: {body}");
         assert!(!body.contains("<img src=x"), "{path}");
-        assert!(!body.contains("<b>boom") && !body.contains("<i>Evil"), "{path}");
-        assert!(body.contains("&lt;img src=x onerror=\"alert(1)\"&gt; &amp; &lt;b&gt;boom&lt;/b&gt;")
-            || body.contains("&lt;img src=x onerror=&quot;alert(1)&quot;&gt; &amp; &lt;b&gt;boom&lt;/b&gt;"), "{path}: {body}");
+        assert!(
+            !body.contains("<b>boom") && !body.contains("<i>Evil"),
+            "{path}"
+        );
+        assert!(
+            body.contains("&lt;img src=x onerror=\"alert(1)\"&gt; &amp; &lt;b&gt;boom&lt;/b&gt;")
+                || body.contains(
+                    "&lt;img src=x onerror=&quot;alert(1)&quot;&gt; &amp; &lt;b&gt;boom&lt;/b&gt;"
+                ),
+            "{path}: {body}"
+        );
     }
     let (_, body) = get!(app, format!("/commands/{id}"));
     assert!(body.contains("&lt;script&gt;alert('p')&lt;/script&gt;"));
@@ -219,9 +252,21 @@ async fn html_in_parameters_and_failure_reasons_is_escaped() {
     );
     // Every column is on the page.
     for column in [
-        "command_id", "command_type", "command_params_class", "status", "parent_command_id",
-        "root_command_id", "executed", "callback_enabled", "callback_notified", "job_id",
-        "step_id", "return_value_class", "created_at", "updated_at", "ended_at",
+        "command_id",
+        "command_type",
+        "command_params_class",
+        "status",
+        "parent_command_id",
+        "root_command_id",
+        "executed",
+        "callback_enabled",
+        "callback_notified",
+        "job_id",
+        "step_id",
+        "return_value_class",
+        "created_at",
+        "updated_at",
+        "ended_at",
         "cancel_requested_at",
     ] {
         assert!(body.contains(&format!("<dt>{column}</dt>")), "{column}");
@@ -231,7 +276,12 @@ async fn html_in_parameters_and_failure_reasons_is_escaped() {
 #[actix_web::test]
 async fn a_hierarchy_renders_one_page_of_children_and_expands_lazily() {
     let db = fresh_db().await;
-    let root = db.insert(Row { age_secs: 1000.0, ..Row::new("ACTIVE") }).await;
+    let root = db
+        .insert(Row {
+            age_secs: 1000.0,
+            ..Row::new("ACTIVE")
+        })
+        .await;
     let mut children = Vec::new();
     for i in 0..250 {
         children.push(
@@ -246,13 +296,20 @@ async fn a_hierarchy_renders_one_page_of_children_and_expands_lazily() {
     let deep_parent = children[200];
     let mut grandchildren = Vec::new();
     for _ in 0..3 {
-        grandchildren.push(db.insert(Row::new("NOT_STARTED").child_of(deep_parent, root)).await);
+        grandchildren.push(
+            db.insert(Row::new("NOT_STARTED").child_of(deep_parent, root))
+                .await,
+        );
     }
     let app = test::init_service(App::new().service(dashboard(&db).scope())).await;
 
     let (status, body) = get!(app, format!("/commands/{root}"));
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body.matches("data-node=").count(), 101, "the root and its first 100 children");
+    assert_eq!(
+        body.matches("data-node=").count(),
+        101,
+        "the root and its first 100 children"
+    );
     assert!(body.contains("254 commands under root"));
     let more = attr_after(&body, "data-more=", "data-more").expect("a show-more button");
 
@@ -263,14 +320,23 @@ async fn a_hierarchy_renders_one_page_of_children_and_expands_lazily() {
     let (_, page3) = get!(app, more);
     assert_eq!(listed_ids(&page3)[0], children[200]);
     assert!(!page3.contains("data-more="), "the last page");
-    assert!(page3.contains("3 children"), "the deep parent says it has children");
+    assert!(
+        page3.contains("3 children"),
+        "the deep parent says it has children"
+    );
     let (_, grand) = get!(app, format!("/commands/{deep_parent}/children"));
     assert_eq!(listed_ids(&grand), grandchildren);
 
     // A grandchild's page expands the path down to it, off the first page too.
     let (_, body) = get!(app, format!("/commands/{}", grandchildren[1]));
     let ids = listed_ids(&body);
-    for id in [root, deep_parent, grandchildren[0], grandchildren[1], grandchildren[2]] {
+    for id in [
+        root,
+        deep_parent,
+        grandchildren[0],
+        grandchildren[1],
+        grandchildren[2],
+    ] {
         assert!(ids.contains(&id), "{id} shown");
     }
     assert!(body.contains("class=\"node current\""));
@@ -288,7 +354,10 @@ async fn read_only_refuses_every_action_on_the_server() {
     let (status, body, _) = post!(app, format!("/commands/{id}/cancel"), "");
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(body.contains("read-only"));
-    for (path, form) in [("/commands/cancel", "status=ACTIVE"), ("/cleanup", "older_than=0s")] {
+    for (path, form) in [
+        ("/commands/cancel", "status=ACTIVE"),
+        ("/cleanup", "older_than=0s"),
+    ] {
         let (status, _, _) = post!(app, path, form);
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
     }
@@ -297,7 +366,10 @@ async fn read_only_refuses_every_action_on_the_server() {
             .method(method.parse().unwrap())
             .uri(&format!("/commands/{id}"))
             .to_request();
-        assert_eq!(test::call_service(&app, req).await.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            test::call_service(&app, req).await.status(),
+            StatusCode::FORBIDDEN
+        );
     }
     assert!(!db.cancel_requested(id).await, "nothing was cancelled");
     let (status, _) = get!(app, format!("/commands/{id}/cancel"));
@@ -316,7 +388,10 @@ async fn cross_origin_posts_are_refused_and_same_origin_ones_act() {
         vec![("origin", "null")],
         vec![("origin", "http://dash.test.evil.test")],
         vec![("sec-fetch-site", "cross-site")],
-        vec![("sec-fetch-site", "same-site"), ("origin", "http://dash.test")],
+        vec![
+            ("sec-fetch-site", "same-site"),
+            ("origin", "http://dash.test"),
+        ],
     ] {
         let (status, _, _) = post!(app, path, "", headers.clone());
         assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}");
@@ -326,7 +401,10 @@ async fn cross_origin_posts_are_refused_and_same_origin_ones_act() {
     let (status, body, location) = post!(app, path, "");
     assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
     assert_eq!(location.unwrap(), format!("/commands/{id}?cancelled=1"));
-    assert!(db.cancel_requested(id).await, "the library's cancellation request");
+    assert!(
+        db.cancel_requested(id).await,
+        "the library's cancellation request"
+    );
     let (_, page) = get!(app, format!("/commands/{id}?cancelled=1"));
     assert!(page.contains("Cancellation requested for 1 commands"));
     assert!(page.contains("cancel requested"));
@@ -337,22 +415,43 @@ async fn bulk_cancel_shows_the_count_first_then_cancels_what_matches() {
     let db = fresh_db().await;
     let mut matching = Vec::new();
     for _ in 0..4 {
-        matching.push(db.insert(Row { command_type: 7, ..Row::new("ACTIVE") }).await);
+        matching.push(
+            db.insert(Row {
+                command_type: 7,
+                ..Row::new("ACTIVE")
+            })
+            .await,
+        );
     }
-    let other = db.insert(Row { command_type: 8, ..Row::new("ACTIVE") }).await;
-    db.insert(Row { command_type: 7, ..Row::new("ENDED_SUCCESSFULLY") }).await;
+    let other = db
+        .insert(Row {
+            command_type: 8,
+            ..Row::new("ACTIVE")
+        })
+        .await;
+    db.insert(Row {
+        command_type: 7,
+        ..Row::new("ENDED_SUCCESSFULLY")
+    })
+    .await;
     let app = test::init_service(App::new().service(dashboard(&db).scope())).await;
 
     let (status, body) = get!(app, "/commands/cancel?type=7");
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("4 commands not ended match"), "{body}");
-    assert!(!db.cancel_requested(matching[0]).await, "counting cancels nothing");
+    assert!(
+        !db.cancel_requested(matching[0]).await,
+        "counting cancels nothing"
+    );
     let (status, _) = get!(app, "/commands/cancel");
     assert_eq!(status, StatusCode::BAD_REQUEST, "no filter, no bulk action");
 
     let (status, body, _) = post!(app, "/commands/cancel", "type=7");
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(body.contains("Cancellation requested for 4 commands"), "{body}");
+    assert!(
+        body.contains("Cancellation requested for 4 commands"),
+        "{body}"
+    );
     for id in matching {
         assert!(db.cancel_requested(id).await);
     }
@@ -363,17 +462,24 @@ async fn bulk_cancel_shows_the_count_first_then_cancels_what_matches() {
 async fn cleanup_counts_in_a_dry_run_then_removes() {
     let db = fresh_db().await;
     let root = db.insert(Row::new("ENDED_SUCCESSFULLY")).await;
-    db.insert(Row::new("ENDED_SUCCESSFULLY").child_of(root, root)).await;
+    db.insert(Row::new("ENDED_SUCCESSFULLY").child_of(root, root))
+        .await;
     let live = db.insert(Row::new("ACTIVE")).await;
     db.execute(
-        &format!("UPDATE {} SET ended_at = now() - interval '10 days' WHERE ended_at IS NOT NULL", db.table()),
+        &format!(
+            "UPDATE {} SET ended_at = now() - interval '10 days' WHERE ended_at IS NOT NULL",
+            db.table()
+        ),
         &[],
     )
     .await;
     let app = test::init_service(App::new().service(dashboard(&db).scope())).await;
 
     let (_, body) = get!(app, "/cleanup?older_than=7d");
-    assert!(body.contains("Would remove 2 rows in 1 hierarchies"), "{body}");
+    assert!(
+        body.contains("Would remove 2 rows in 1 hierarchies"),
+        "{body}"
+    );
     let (status, body, _) = post!(app, "/cleanup", "older_than=7d");
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("Removed 2 rows"), "{body}");
@@ -400,7 +506,12 @@ async fn the_database_password_never_appears_on_a_page() {
     // Trust authentication ignores the password; the dashboard still holds it.
     let url = format!("postgres://{user}:{PASSWORD}@{host}:{port}/{dbname}");
     let db = fresh_db_at(&url).await;
-    let id = db.insert(Row { reason: Some("failed"), ..Row::new("ENDED_WITH_FAILURE") }).await;
+    let id = db
+        .insert(Row {
+            reason: Some("failed"),
+            ..Row::new("ENDED_WITH_FAILURE")
+        })
+        .await;
     let app = test::init_service(App::new().service(dashboard(&db).scope())).await;
     for path in [
         "/".to_owned(),
@@ -419,7 +530,8 @@ async fn the_database_password_never_appears_on_a_page() {
         "postgres://{user}:{PASSWORD}@127.0.0.1:1/{dbname}"
     ))
     .unwrap();
-    let store = command_coordinator::PgStore::new(dead.create_pool().unwrap(), dead.schema().clone());
+    let store =
+        command_coordinator::PgStore::new(dead.create_pool().unwrap(), dead.schema().clone());
     let app = test::init_service(App::new().service(Dashboard::new(store).scope())).await;
     let (status, body) = get!(app, "/commands");
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
@@ -432,7 +544,11 @@ async fn live_status_changes_stream_unbuffered_and_unencoded() {
     let db = fresh_db().await;
     let id = db.insert(Row::new("ACTIVE")).await;
     let app = test::init_service(
-        App::new().service(dashboard(&db).live_interval(Duration::from_millis(100)).scope()),
+        App::new().service(
+            dashboard(&db)
+                .live_interval(Duration::from_millis(100))
+                .scope(),
+        ),
     )
     .await;
     let res = test::call_service(
@@ -443,7 +559,10 @@ async fn live_status_changes_stream_unbuffered_and_unencoded() {
     )
     .await;
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(res.headers().get("content-type").unwrap(), "text/event-stream");
+    assert_eq!(
+        res.headers().get("content-type").unwrap(),
+        "text/event-stream"
+    );
     // actix-web's Compress leaves a response with an encoding alone.
     assert_eq!(res.headers().get("content-encoding").unwrap(), "identity");
     let mut body = Box::pin(res.into_body());
@@ -464,7 +583,10 @@ async fn live_status_changes_stream_unbuffered_and_unencoded() {
     };
     next_until(r#""status":"ACTIVE""#, &mut received).await;
     db.execute(
-        &format!("UPDATE {} SET status = 'ENDED_WITH_FAILURE', ended_at = now() WHERE command_id = $1", db.table()),
+        &format!(
+            "UPDATE {} SET status = 'ENDED_WITH_FAILURE', ended_at = now() WHERE command_id = $1",
+            db.table()
+        ),
         &[&id],
     )
     .await;
@@ -480,12 +602,21 @@ async fn under_a_base_path_every_url_starts_with_it() {
         App::new().service(dashboard(&db).base_path("/ops/cc/").unwrap().scope()),
     )
     .await;
-    for path in ["/ops/cc".to_owned(), "/ops/cc/".to_owned(), "/ops/cc/commands".to_owned(), format!("/ops/cc/commands/{id}")] {
+    for path in [
+        "/ops/cc".to_owned(),
+        "/ops/cc/".to_owned(),
+        "/ops/cc/commands".to_owned(),
+        format!("/ops/cc/commands/{id}"),
+    ] {
         let (status, body) = get!(app, path);
         assert_eq!(status, StatusCode::OK, "{path}");
         for attr in ["href=\"", "src=\"", "action=\""] {
             for part in body.split(attr).skip(1) {
-                assert!(part.starts_with("/ops/cc/"), "{path}: {attr}{}", &part[..40.min(part.len())]);
+                assert!(
+                    part.starts_with("/ops/cc/"),
+                    "{path}: {attr}{}",
+                    &part[..40.min(part.len())]
+                );
             }
         }
     }
@@ -493,9 +624,16 @@ async fn under_a_base_path_every_url_starts_with_it() {
     assert_eq!(status, StatusCode::OK);
     assert!(js.contains("EventSource"));
     let (status, _) = get!(app, "/commands");
-    assert_eq!(status, StatusCode::NOT_FOUND, "nothing outside the base path");
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "nothing outside the base path"
+    );
 
     for bad in ["cc", "/a b", "/a/../b", "/x\"y"] {
-        assert!(Dashboard::new(db.store.clone()).base_path(bad).is_err(), "{bad}");
+        assert!(
+            Dashboard::new(db.store.clone()).base_path(bad).is_err(),
+            "{bad}"
+        );
     }
 }

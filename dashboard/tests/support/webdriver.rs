@@ -70,7 +70,14 @@ fn spawn_dying_with_us(mut cmd: Command) -> Child {
     // SAFETY: prctl is async-signal-safe and touches only this child.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -87,7 +94,10 @@ fn spawn_dying_with_us(mut cmd: Command) -> Child {
 fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + WAIT;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port} within {WAIT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {port} within {WAIT:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -95,7 +105,9 @@ fn wait_for_port(port: u16, what: &str) {
 /// One HTTP/1.1 exchange with JSON bodies.
 fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to chromedriver");
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let body = body.map(Value::to_string).unwrap_or_default();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
@@ -103,7 +115,9 @@ fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Valu
          Connection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(request.as_bytes()).expect("send to chromedriver");
+    stream
+        .write_all(request.as_bytes())
+        .expect("send to chromedriver");
     // Read the head, then exactly the body: chromedriver may keep the
     // connection open whatever the request says.
     let mut raw = Vec::new();
@@ -156,7 +170,8 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
             return out;
         };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
         if size == 0 {
             return out;
         }
@@ -176,7 +191,10 @@ pub struct Browser {
 
 impl Browser {
     pub fn start(bins: &Binaries) -> Self {
-        let profile = std::env::temp_dir().join(format!("cc-dashboard-chromium-{}", uuid::Uuid::new_v4().simple()));
+        let profile = std::env::temp_dir().join(format!(
+            "cc-dashboard-chromium-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
         std::fs::create_dir_all(&profile).expect("profile directory");
         let debug_port = free_port();
         let mut chromium = Command::new(&bins.chromium);
@@ -249,14 +267,21 @@ impl Browser {
     }
 
     pub fn url(&self) -> String {
-        self.ok("GET", "/url", None).as_str().unwrap_or("").to_owned()
+        self.ok("GET", "/url", None)
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
     }
 
     /// The element matching `css`, if there is one now.
     pub fn find(&self, css: &str) -> Option<String> {
-        self.cmd("POST", "/element", Some(json!({ "using": "css selector", "value": css })))
-            .ok()
-            .and_then(|v| v[ELEMENT].as_str().map(str::to_owned))
+        self.cmd(
+            "POST",
+            "/element",
+            Some(json!({ "using": "css selector", "value": css })),
+        )
+        .ok()
+        .and_then(|v| v[ELEMENT].as_str().map(str::to_owned))
     }
 
     /// Waits for an element matching `css` to appear.
@@ -266,19 +291,31 @@ impl Browser {
             if let Some(e) = self.find(css) {
                 return e;
             }
-            assert!(Instant::now() < deadline, "no {css} within {WAIT:?} on {}", self.url());
+            assert!(
+                Instant::now() < deadline,
+                "no {css} within {WAIT:?} on {}",
+                self.url()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// Runs `js` (a function body; `arguments` holds `args`) and returns its value.
     pub fn script(&self, js: &str, args: Value) -> Value {
-        self.ok("POST", "/execute/sync", Some(json!({ "script": js, "args": args })))
+        self.ok(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": js, "args": args })),
+        )
     }
 
     /// Runs `js`, which calls `arguments[arguments.length - 1]` with its result.
     pub fn async_script(&self, js: &str, args: Value) -> Value {
-        self.ok("POST", "/execute/async", Some(json!({ "script": js, "args": args })))
+        self.ok(
+            "POST",
+            "/execute/async",
+            Some(json!({ "script": js, "args": args })),
+        )
     }
 
     /// Waits until the JS expression `condition` is true; returns how long it took.
@@ -289,7 +326,11 @@ impl Browser {
             if self.script(&js, json!([])) == Value::Bool(true) {
                 return began.elapsed();
             }
-            assert!(began.elapsed() < WAIT, "not true within {WAIT:?}: {condition} on {}", self.url());
+            assert!(
+                began.elapsed() < WAIT,
+                "not true within {WAIT:?}: {condition} on {}",
+                self.url()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -301,7 +342,11 @@ impl Browser {
             "arguments[0].scrollIntoView({ block: 'center' });",
             json!([{ ELEMENT: element }]),
         );
-        self.ok("POST", &format!("/element/{element}/click"), Some(json!({})));
+        self.ok(
+            "POST",
+            &format!("/element/{element}/click"),
+            Some(json!({})),
+        );
     }
 
     pub fn text(&self, element: &str) -> String {
