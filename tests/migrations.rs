@@ -141,7 +141,7 @@ async fn several_processes_migrating_at_once_all_succeed_and_apply_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(history, 3);
+    assert_eq!(history, 4);
 }
 
 /// Polls futures concurrently on the current task (no extra dependency).
