@@ -1,7 +1,7 @@
 //! Durations in filters ("90s", "15m", "2h", "7d", "1h30m") and on pages
-//! ("850ms", "12.3s", "4m05s", "2h03m", "3d04h"): the CLI's forms, so that an
-//! operator types the same thing in both (a copy of `cli/src/duration.rs`: the
-//! CLI is a binary crate, and this crate must not depend on it).
+//! ("850ms", "12.3s", "4m05s", "2h03m", "3d04h"): short forms that fit a
+//! filter field (from the CLI's first parser; the CLI is a binary crate, and
+//! this crate must not depend on it). `m` is minutes.
 
 use std::time::Duration;
 

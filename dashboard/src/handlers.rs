@@ -403,6 +403,11 @@ async fn bulk_cancel(d: web::Data<Inner>, body: web::Bytes) -> HttpResponse {
 /// The default retention shown on the cleanup page: the runtime's default.
 const DEFAULT_RETENTION: &str = "7d";
 
+/// The shortest retention the cleanup action accepts, as the CLI's without
+/// `--force`: `0s`, or minutes typed for months, would remove everything
+/// that just ended.
+const MIN_RETENTION: Duration = Duration::from_secs(3600);
+
 fn cutoff(older_than: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     let d: Duration = crate::duration::parse(older_than)?;
     before_now(d)
@@ -447,6 +452,13 @@ async fn cleanup_run(d: web::Data<Inner>, body: web::Bytes) -> HttpResponse {
             .map_err(|_| PageError::BadRequest("the form could not be read".into()))?;
         let older_than = query_value(&pairs, "older_than")
             .ok_or_else(|| PageError::BadRequest("older_than is missing".into()))?;
+        let retention = crate::duration::parse(&older_than).map_err(PageError::BadRequest)?;
+        if retention < MIN_RETENTION {
+            return Err(PageError::BadRequest(format!(
+                "{older_than} is under an hour: it would remove everything that just ended \
+                 (use the CLI's cleanup --force for that)"
+            )));
+        }
         let at = cutoff(&older_than).map_err(PageError::BadRequest)?;
         let removed = d.store.remove_before(at).await.map_err(DbError::from)?;
         tracing::info!(removed, older_than, "dashboard: cleanup removed rows");

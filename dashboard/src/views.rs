@@ -765,7 +765,7 @@ pub(crate) fn cleanup(
             @if let Some(e) = error { p.error role="alert" { (e) } }
             @if let Some((hierarchies, rows)) = dry_run {
                 p #dry-run-result { "Would remove " (number(rows as i64)) " rows in " (number(hierarchies as i64)) " hierarchies." }
-                @if rows > 0 {
+                @if rows > 0 && !frame.read_only {
                     form method="post" action=(format!("{base}/cleanup")) {
                         input type="hidden" name="older_than" value=(older_than);
                         button.danger #run-cleanup type="submit" { "Remove them" }

@@ -74,6 +74,28 @@ async fn elsewhere(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
         ))
 }
 
+/// Makes the host look for cancellation requests now rather than at its
+/// next periodic check: `Coordinator::cancel` of a command whose
+/// cancellation the dashboard already requested in the table.
+async fn act_on_cancellations(
+    coordinator: actix_web::web::Data<Coordinator>,
+    req: actix_web::HttpRequest,
+) -> actix_web::HttpResponse {
+    let id: Uuid = req
+        .query_string()
+        .strip_prefix("id=")
+        .unwrap_or("")
+        .parse()
+        .unwrap();
+    match coordinator
+        .cancel(command_coordinator::CommandId::from_uuid(id))
+        .await
+    {
+        Ok(outcome) => actix_web::HttpResponse::Ok().body(format!("{outcome:?}")),
+        Err(e) => actix_web::HttpResponse::InternalServerError().body(e.to_string()),
+    }
+}
+
 /// What the server thread hands back.
 struct Running {
     port: u16,
@@ -93,9 +115,10 @@ fn start_host(db: &TestDb) -> (Running, std::thread::JoinHandle<()>) {
                 .register::<Rollout>()
                 .poll_interval(Duration::from_millis(100))
                 .max_poll_interval(Duration::from_millis(300))
-                // Slow on purpose: the page must be showing ACTIVE when the
-                // host acts on the dashboard's cancellation request.
-                .cancel_check_interval(Duration::from_secs(2))
+                // Never within the test on its own: the host acts on the
+                // dashboard's cancellation request when the test says so
+                // (`/host/act`), so the page surely shows ACTIVE before.
+                .cancel_check_interval(Duration::from_secs(3600))
                 .start()
                 .await
                 .expect("coordinator");
@@ -124,8 +147,11 @@ fn start_host(db: &TestDb) -> (Running, std::thread::JoinHandle<()>) {
                 .base_path("/ro")
                 .unwrap()
                 .read_only(true);
+            let host_coordinator = actix_web::web::Data::new(coordinator.clone());
             let server = HttpServer::new(move || {
                 App::new()
+                    .app_data(host_coordinator.clone())
+                    .route("/host/act", actix_web::web::get().to(act_on_cancellations))
                     .service(rw.scope())
                     .service(ro.scope())
                     .route("/elsewhere", actix_web::web::get().to(elsewhere))
@@ -161,6 +187,10 @@ fn screenshot(browser: &Browser, name: &str) {
         std::fs::create_dir_all(&dir).unwrap();
         browser.screenshot(&dir.join(format!("dashboard-{name}.png")));
     }
+}
+
+fn db_cancel_requested(db: &TestDb, id: Uuid) -> bool {
+    block_on(db.cancel_requested(id))
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -246,6 +276,20 @@ fn an_operator_finds_expands_and_cancels_a_hierarchy_live_in_a_real_browser() {
         browser.script(&format!("return {status_js};"), json!([])),
         json!("ACTIVE")
     );
+    assert!(
+        db_cancel_requested(&db, root),
+        "the dashboard stored the request"
+    );
+    browser.wait_until(&format!(
+        "!document.querySelector('h1 [data-cancel-mark-of=\"{root}\"]').hidden"
+    ));
+    // The host acts on it now.
+    let acted = browser.async_script(
+        "const done = arguments[arguments.length - 1];
+         fetch(arguments[0]).then(r => done(r.status), e => done(String(e)));",
+        json!([format!("/host/act?id={root}")]),
+    );
+    assert_eq!(acted, json!(200));
     let took = browser.wait_until(&format!("{status_js} === 'ENDED_WITH_FAILURE'"));
     assert_eq!(
         browser.script("return window.__stillThisPage === true;", json!([])),

@@ -475,6 +475,8 @@ async fn cleanup_counts_in_a_dry_run_then_removes() {
     .await;
     let app = test::init_service(App::new().service(dashboard(&db).scope())).await;
 
+    let (status, body, _) = post!(app, "/cleanup", "older_than=10m");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "under an hour: {body}");
     let (_, body) = get!(app, "/cleanup?older_than=7d");
     assert!(
         body.contains("Would remove 2 rows in 1 hierarchies"),
