@@ -33,21 +33,26 @@ where
     T: ServiceFactory<ServiceRequest, Config = (), Error = Error, InitError = ()>,
 {
     scope
-        .route("", web::get().to(overview))
-        .route("/", web::get().to(overview))
-        .route("/commands", web::get().to(list))
-        .route("/commands/cancel", web::get().to(confirm_bulk))
+        .route("", read().to(overview))
+        .route("/", read().to(overview))
+        .route("/commands", read().to(list))
+        .route("/commands/cancel", read().to(confirm_bulk))
         .route("/commands/cancel", web::post().to(bulk_cancel))
-        .route("/commands/{id}", web::get().to(command))
-        .route("/commands/{id}/children", web::get().to(children))
-        .route("/commands/{id}/cancel", web::get().to(confirm_cancel))
+        .route("/commands/{id}", read().to(command))
+        .route("/commands/{id}/children", read().to(children))
+        .route("/commands/{id}/cancel", read().to(confirm_cancel))
         .route("/commands/{id}/cancel", web::post().to(cancel))
-        .route("/cleanup", web::get().to(cleanup_page))
+        .route("/cleanup", read().to(cleanup_page))
         .route("/cleanup", web::post().to(cleanup_run))
-        .route("/live", web::get().to(crate::live::stream))
-        .route("/assets/dashboard.css", web::get().to(css))
-        .route("/assets/dashboard.js", web::get().to(js))
+        .route("/live", read().to(crate::live::stream))
+        .route("/assets/dashboard.css", read().to(css))
+        .route("/assets/dashboard.js", read().to(js))
         .default_service(web::to(not_found))
+}
+
+/// GET, and HEAD (answered like GET, without the body: actix-web drops it).
+fn read() -> actix_web::Route {
+    web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
 }
 
 /// Why a page could not be shown.

@@ -622,6 +622,14 @@ async fn under_a_base_path_every_url_starts_with_it() {
             }
         }
     }
+    let head = test::TestRequest::default()
+        .method(actix_web::http::Method::HEAD)
+        .uri("/ops/cc/commands")
+        .to_request();
+    assert_eq!(
+        test::call_service(&app, head).await.status(),
+        StatusCode::OK
+    );
     let (status, js) = get!(app, "/ops/cc/assets/dashboard.js");
     assert_eq!(status, StatusCode::OK);
     assert!(js.contains("EventSource"));
