@@ -225,6 +225,14 @@ fn an_operator_finds_expands_and_cancels_a_hierarchy_live_in_a_real_browser() {
     browser
         .wait_until("document.querySelector('#counted').textContent.includes('commands, counted')");
     screenshot(&browser, "overview");
+    // The theme follows the system's setting.
+    let background = "getComputedStyle(document.body).backgroundColor";
+    let light = browser.script(&format!("return {background};"), json!([]));
+    browser.color_scheme("dark");
+    browser.wait_until(&format!("{background} !== {light}"));
+    screenshot(&browser, "overview-dark");
+    browser.color_scheme("light");
+    browser.wait_until(&format!("{background} === {light}"));
     browser.press("?");
     browser.wait_until("!document.getElementById('help').hidden");
     browser.press("\u{E00C}"); // Escape

@@ -372,6 +372,23 @@ impl Browser {
         self.cmd("DELETE", "/actions", None).ok();
     }
 
+    /// Sends a Chrome DevTools Protocol command (through chromedriver).
+    pub fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.ok(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({ "cmd": cmd, "params": params })),
+        )
+    }
+
+    /// Emulates the system's light or dark setting (`prefers-color-scheme`).
+    pub fn color_scheme(&self, scheme: &str) {
+        self.cdp(
+            "Emulation.setEmulatedMedia",
+            json!({ "features": [{ "name": "prefers-color-scheme", "value": scheme }] }),
+        );
+    }
+
     /// Saves a PNG of the viewport.
     pub fn screenshot(&self, path: &Path) {
         use base64::Engine;
