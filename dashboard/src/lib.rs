@@ -70,7 +70,9 @@ pub const DEFAULT_COUNTS_REFRESH: Duration = Duration::from_secs(30);
 pub const DEFAULT_LIVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The dashboard: cheap to clone, one per application (its background count
-/// and its live streams are shared by every actix-web worker).
+/// and its live streams are shared by every actix-web worker). Configure it
+/// with the builder methods before cloning it or calling [`Dashboard::scope`]:
+/// they panic on a dashboard already shared.
 #[derive(Clone)]
 pub struct Dashboard {
     inner: Arc<Inner>,

@@ -233,6 +233,12 @@ fn an_operator_finds_expands_and_cancels_a_hierarchy_live_in_a_real_browser() {
     screenshot(&browser, "overview-dark");
     browser.color_scheme("light");
     browser.wait_until(&format!("{background} === {light}"));
+    // Pause and resume the live updates.
+    let toggle = browser.wait_for("#live-toggle");
+    browser.click(&toggle);
+    browser.wait_until("document.body.dataset.live === 'paused'");
+    browser.press("p");
+    browser.wait_until("document.body.dataset.live === 'open'");
     browser.press("?");
     browser.wait_until("!document.getElementById('help').hidden");
     browser.press("\u{E00C}"); // Escape
