@@ -24,6 +24,11 @@
 //! {"requested":4}                                                  # 202; 200 {"already_ended":…}; 404
 //! ```
 //!
+//! The operator dashboard (crate `command-coordinator-dashboard`) is mounted
+//! next to the API under `/dashboard` (its URL is printed at start-up): the
+//! hierarchies submitted above appear there live, and can be cancelled from it.
+//! A real host wraps that scope with its own authentication middleware.
+//!
 //! `GET /commands/{id}` reads the hierarchy from the store
 //! (`CommandStore::hierarchy` of the command's root), not from the live
 //! actors: one query gives a consistent picture that also holds the
@@ -55,6 +60,7 @@ use command_coordinator::{
     CancelOutcome, Command, CommandContext, CommandEntity, CommandError, CommandId, CommandStore,
     Coordinator, CoordinatorError, DatabaseConfig, InterruptedExecute, PgStore, PollOutcome,
 };
+use command_coordinator_dashboard::Dashboard;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -344,10 +350,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_poll_interval(Duration::from_secs(2))
         .start()
         .await?;
+    // The dashboard cancels through the coordinator, so its live commands
+    // learn it at once; a host would add `.wrap(its_auth_middleware)` to the scope.
+    let dashboard = Dashboard::new(store.clone())
+        .base_path("/dashboard")?
+        .with_coordinator(coordinator.clone());
     eprintln!(
         "web_host: listening on http://{} (database {config})",
         args.bind
     );
+    eprintln!("web_host: dashboard at http://{}/dashboard/", args.bind);
 
     let data_coordinator = web::Data::new(coordinator.clone());
     let data_store = web::Data::new(store);
@@ -358,6 +370,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .service(submit)
             .service(show)
             .service(cancel)
+            .service(dashboard.scope())
     })
     .workers(2)
     .bind(&args.bind)?

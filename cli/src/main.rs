@@ -9,6 +9,7 @@
 //! command-coordinator stats --json
 //! command-coordinator cleanup --older-than 30days --dry-run
 //! command-coordinator cancel 0b7e…
+//! command-coordinator serve --bind 127.0.0.1:8080 --read-only   # the web dashboard
 //! ```
 //!
 //! What removes or cancels asks first on a terminal (`--yes` for scripts; with
@@ -25,6 +26,7 @@ mod db;
 mod duration;
 mod list;
 mod output;
+mod serve;
 mod show;
 mod stats;
 
@@ -116,6 +118,18 @@ enum Cmd {
         /// Do not ask for confirmation (for scripts; without it and without a terminal, cancel refuses).
         #[arg(long, short = 'y')]
         yes: bool,
+    },
+    /// Serve the web dashboard (basic auth when COMMAND_COORDINATOR_DASHBOARD_TOKEN is set).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+        bind: String,
+        /// Refuse every action (any request but GET and HEAD).
+        #[arg(long)]
+        read_only: bool,
+        /// Path the dashboard is served under (/cc); default the root.
+        #[arg(long, default_value = "/", value_name = "PATH")]
+        base_path: String,
     },
 }
 
@@ -214,6 +228,23 @@ async fn run(cli: Cli) -> Result<()> {
             yes,
         } => cleanup(&db, older_than, dry_run, force, yes).await,
         Cmd::Cancel { id, yes } => cancel(&db, id, yes).await,
+        Cmd::Serve {
+            bind,
+            read_only,
+            base_path,
+        } => {
+            // actix-web runs its own System: on a thread of its own, away
+            // from this runtime (which has nothing else to do meanwhile).
+            let schema = db.schema().clone();
+            let serve = serve::Serve {
+                bind,
+                read_only,
+                base_path,
+            };
+            std::thread::spawn(move || serve::run(&url, schema, serve))
+                .join()
+                .map_err(|_| CliError::new("the dashboard server panicked"))?
+        }
     }
 }
 
