@@ -16,6 +16,7 @@ mod command_actor;
 pub mod config;
 pub mod coordinator;
 mod fence;
+mod lifecycle;
 mod messages;
 pub mod metrics;
 pub mod model;
