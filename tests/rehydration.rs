@@ -240,3 +240,114 @@ async fn a_serial_parent_resumes_with_its_next_child_after_a_restart() {
         .collect();
     assert_eq!(order, ["execute:second", "execute:third"]);
 }
+
+#[actix::test]
+async fn an_execution_failed_row_runs_its_failure_end_with_the_stored_reason_and_nothing_else() {
+    let db = fresh_db().await;
+    let t = tag();
+    let params = job(&t, "x", 1);
+    let mut row = Row::new(100, &params, "EXECUTION_FAILED");
+    row.reason = Some("host unreachable");
+    insert(&db, &row).await;
+
+    let co = builder(&db).start().await.unwrap();
+    let o = within("execution-failed row", co.wait_for(row.id))
+        .await
+        .unwrap();
+    assert_eq!(o.status, CommandStatus::EndedWithFailure);
+    assert_eq!(o.failure_reason.as_deref(), Some("host unreachable"));
+    assert_eq!(count(&t, "end_with_failure:x"), 1);
+    assert!(events(&t).contains(&"reason:x:host unreachable".to_owned()));
+    assert_eq!(count(&t, "execute:x"), 0, "execute is not run again");
+    assert_eq!(count(&t, "poll:x"), 0, "a failed command is not polled");
+    let stored = db.store.get(row.id).await.unwrap().unwrap();
+    assert!(stored.callback_notified);
+    assert!(!stored.executed);
+}
+
+#[actix::test]
+async fn a_child_ended_but_not_notified_is_marked_notified_at_start_up_and_its_parent_learns_its_output()
+ {
+    let db = fresh_db().await;
+    let t = tag();
+    let parent_params = format!(r#"{{"tag":"{t}","name":"p","children":[],"sub_parents":[]}}"#);
+    let parent = Row::new(101, &parent_params, "ACTIVE").executed();
+    let child_params = job(&t, "c", 7);
+    // The previous host committed the child's end and died before the
+    // notification: its end method ran and must not run again.
+    let mut child = Row::new(100, &child_params, "ENDED_SUCCESSFULLY")
+        .executed()
+        .child_of(&parent);
+    child.return_value = Some("7");
+    insert(&db, &parent).await;
+    insert(&db, &child).await;
+
+    let co = builder(&db).start().await.unwrap();
+    let o = within("parent", co.wait_for(parent.id)).await.unwrap();
+    assert_eq!(o.status, CommandStatus::EndedSuccessfully);
+    assert_eq!(o.decode::<u64>().unwrap().output, Some(7));
+    assert_eq!(count(&t, "end_successfully(7):p"), 1);
+    assert!(
+        events(&t).iter().all(|e| !e.ends_with(":c")),
+        "no code of the ended child ran again: {:?}",
+        events(&t)
+    );
+    let stored = db.store.get(child.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, CommandStatus::EndedSuccessfully);
+    assert!(stored.callback_notified, "marked notified at start-up");
+}
+
+#[actix::test]
+async fn a_rehydrated_succeeded_or_failed_parent_runs_its_end_only_after_its_unfinished_children() {
+    let db = fresh_db().await;
+    let t = tag();
+    let parent_params =
+        |name: &str| format!(r#"{{"tag":"{t}","name":"{name}","children":[],"sub_parents":[]}}"#);
+    let (ok_params, failed_params) = (parent_params("ok"), parent_params("failed"));
+    let mut succeeded = Row::new(101, &ok_params, "SUCCEEDED").executed();
+    succeeded.return_value = Some("5");
+    let mut failed = Row::new(101, &failed_params, "FAILED").executed();
+    failed.reason = Some("gave up");
+    // Each has a child still running (two polls to go) when the host starts.
+    let (c1, c2) = (job(&t, "c1", 1), job(&t, "c2", 2));
+    let c1 = c1.replace(r#""polls_needed":1"#, r#""polls_needed":2"#);
+    let c2 = c2.replace(r#""polls_needed":1"#, r#""polls_needed":2"#);
+    let child_of_succeeded = Row::new(100, &c1, "ACTIVE").executed().child_of(&succeeded);
+    let child_of_failed = Row::new(100, &c2, "ACTIVE").executed().child_of(&failed);
+    for row in [&succeeded, &failed, &child_of_succeeded, &child_of_failed] {
+        insert(&db, row).await;
+    }
+
+    let co = builder(&db).start().await.unwrap();
+    let o = within("succeeded parent", co.wait_for(succeeded.id))
+        .await
+        .unwrap();
+    assert_eq!(o.status, CommandStatus::EndedSuccessfully);
+    let o = within("failed parent", co.wait_for(failed.id))
+        .await
+        .unwrap();
+    assert_eq!(o.status, CommandStatus::EndedWithFailure);
+    assert_eq!(o.failure_reason.as_deref(), Some("gave up"));
+
+    let events = events(&t);
+    let at = |event: &str| {
+        events
+            .iter()
+            .position(|e| e == event)
+            .unwrap_or_else(|| panic!("{event} missing from {events:?}"))
+    };
+    assert!(
+        at("end_successfully(1):c1") < at("end_successfully(5):ok"),
+        "the succeeded parent ended before its child: {events:?}"
+    );
+    assert!(
+        at("end_successfully(2):c2") < at("end_with_failure:failed"),
+        "the failed parent ended before its child: {events:?}"
+    );
+    assert_eq!(count(&t, "end_successfully(5):ok"), 1);
+    assert_eq!(count(&t, "end_with_failure:failed"), 1);
+    for child in [&child_of_succeeded, &child_of_failed] {
+        let stored = db.store.get(child.id).await.unwrap().unwrap();
+        assert_eq!(stored.status, CommandStatus::EndedSuccessfully);
+    }
+}

@@ -253,6 +253,10 @@ impl World {
             }
             Effect::DropCommand => {}
             Effect::SchedulePoll { generation, delay } => {
+                self.check(
+                    !(self.cancel_requested && self.is_open()),
+                    "a cancelled command waits for its next poll instead of failing at once",
+                );
                 self.timer(delay, TimerKind::Poll(generation))
             }
             Effect::SetTimer { timer, delay } => self.timer(delay, TimerKind::Set(timer)),
@@ -262,6 +266,11 @@ impl World {
                 let Some(child) = child else {
                     self.fail("an unknown child started");
                 };
+                if child.status.is_ended() {
+                    // Failed already (cancelled while parked): the
+                    // coordinator has nothing left to start.
+                    return;
+                }
                 if child.parent_started {
                     self.fail("a serial child started twice");
                 }
@@ -345,6 +354,7 @@ impl World {
         let children_ended = self.children.iter().all(|c| c.status.is_ended());
         match call {
             Call::Execute => {
+                self.check(!self.cancel_requested, "execute called after a cancel");
                 self.executes += 1;
                 self.check(
                     self.executes <= 1 || self.rules.rerun,
@@ -360,6 +370,7 @@ impl World {
                 "on_executed before executed was committed",
             ),
             Call::Poll => {
+                self.check(!self.cancel_requested, "poll called after a cancel");
                 self.check(children_ended, "poll while a child has not ended");
                 self.check(
                     self.children
