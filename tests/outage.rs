@@ -30,6 +30,23 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// catches those, but the hook still sees them).
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 
+/// End methods holding their end transaction open right now (raised from
+/// inside the end method): the tests that cut the database while end
+/// methods are in flight wait for this instead of sleeping and hoping.
+static IN_END_TRANSACTION: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits until at least `n` end methods hold their transaction open.
+async fn until_inside_end_methods(n: usize) {
+    let began = Instant::now();
+    while IN_END_TRANSACTION.load(Ordering::SeqCst) < n {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "{n} end methods never were inside their transaction at once"
+        );
+        actix::clock::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 fn count_panics() {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
@@ -165,7 +182,9 @@ impl Timed {
         .await?;
         if self.end_hold_ms > 0 {
             // Work that takes a while, then a second statement.
+            IN_END_TRANSACTION.fetch_add(1, Ordering::SeqCst);
             actix::clock::sleep(Duration::from_millis(self.end_hold_ms)).await;
+            IN_END_TRANSACTION.fetch_sub(1, Ordering::SeqCst);
             tx.execute(
                 &format!(
                     "UPDATE {} SET kind = kind WHERE command_id = $1",
@@ -558,8 +577,9 @@ fn a_restart_during_end_transactions_keeps_every_end_effect_exactly_once() {
             ));
         }
         // Jobs end between 50 ms and 1 s and hold their end transaction for
-        // 200–600 ms: at 500 ms many are inside their end method.
-        actix::clock::sleep(Duration::from_millis(500)).await;
+        // 200–600 ms: restart once several are inside their end method (the
+        // pool of 4 connections, shared with the writer, bounds how many).
+        until_inside_end_methods(3).await;
         server.restart().await;
         expect_outcomes(running).await;
         expect_one_effect_each(&pool, &table, &effects, 40).await;
@@ -597,7 +617,10 @@ fn an_outage_during_end_methods_does_not_use_up_their_attempts() {
                 ),
             ));
         }
-        actix::clock::sleep(Duration::from_millis(600)).await;
+        // Cut the database once several are inside their end transaction
+        // (the pool of 4 connections, shared with the writer, bounds how
+        // many at once).
+        until_inside_end_methods(3).await;
         server.stop().await;
         actix::clock::sleep(Duration::from_secs(2)).await;
         server.start().await;

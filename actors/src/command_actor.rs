@@ -391,7 +391,11 @@ impl<C: Command> CommandActor<C> {
             command_type: row.command_type,
             serial_children: C::CHILD_EXECUTION == ChildExecution::Serial,
             children: self.life.children().to_vec(),
-            end_attempt: self.life.end_attempts() + 1,
+            // The attempt this call is (`finalize` runs after the last one).
+            end_attempt: match call {
+                Call::Finalize { .. } => self.life.end_attempts().max(1),
+                _ => self.life.end_attempts() + 1,
+            },
             coordinator: self.coordinator.clone(),
             submitted: Rc::new(RefCell::new(Vec::new())),
             in_end_method: matches!(call, Call::End { .. }),

@@ -1,8 +1,9 @@
 //! The actor runtime of command-coordinator.
 //!
 //! Every persisted command runs as a supervised [`actix`] actor
-//! (`CommandActor`) that receives `Poll`, `ChildCompleted` and `EndAction`
-//! messages; a [`Coordinator`] spawns them, routes completions from children
+//! (`CommandActor`) that receives `Poll`, `ChildCompleted` and `Cancel`
+//! messages and performs what its `Lifecycle`, a pure state machine, decides;
+//! a [`Coordinator`] spawns them, routes completions from children
 //! to parents and rebuilds every unfinished command from the database at
 //! start-up; a cleanup actor expires old ended hierarchies. All writes go
 //! through one group-committing writer (see [`writer`]).

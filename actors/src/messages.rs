@@ -16,6 +16,10 @@ pub struct Poll {
 }
 
 /// Time to run the end method (the status is SUCCEEDED or FAILED, committed).
+///
+/// No longer sent or handled: the command's lifecycle starts its end method
+/// itself (see `lifecycle`). Kept so that the public `messages` module does
+/// not change in a patch release.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct EndAction;

@@ -250,11 +250,11 @@ enum Step {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Timer {
     /// The next end attempt is due.
-    EndRetry,
+    EndAttempt,
     /// Send the refused status change again.
-    WriteRetry,
+    RefusedWrite,
     /// Read again (reload, fetch, row check).
-    ReadRetry,
+    Read,
 }
 
 /// Where the lifecycle is. One value instead of the flags it replaced
@@ -276,7 +276,7 @@ enum Phase {
     /// The end action is due but waits for children that have not ended:
     /// a parent never ends before its children (oVirt 78ab1ef4249).
     EndWaitsForChildren,
-    /// An end attempt failed; the next one starts when [`Timer::EndRetry`]
+    /// An end attempt failed; the next one starts when [`Timer::EndAttempt`]
     /// fires, and nothing else starts it early.
     EndRetryDue,
     /// The end method's transaction is committing this update.
@@ -577,7 +577,7 @@ impl Lifecycle {
                     // Still busy while waiting: see `Phase::Reloading`.
                     error!(command_id = %self.id(), error = %error, "cannot read the command's row; retrying");
                     fx.push(Effect::SetTimer {
-                        timer: Timer::ReadRetry,
+                        timer: Timer::Read,
                         delay: env.config.max_poll_interval,
                     });
                 }
@@ -952,7 +952,7 @@ impl Lifecycle {
         }
         error!(command_id = %id, error = %error, attempt = self.write_failures, "status change not persisted; retrying later");
         fx.push(Effect::SetTimer {
-            timer: Timer::WriteRetry,
+            timer: Timer::RefusedWrite,
             delay: env.config.max_poll_interval,
         });
     }
@@ -987,17 +987,17 @@ impl Lifecycle {
 
     fn timer_fired(&mut self, timer: Timer, fx: &mut Sink<'_, impl Extend<Effect>>) {
         match (timer, &self.phase) {
-            (Timer::EndRetry, Phase::EndRetryDue) => {
+            (Timer::EndAttempt, Phase::EndRetryDue) => {
                 self.phase = Phase::Idle;
                 self.end_action(fx);
             }
-            (Timer::WriteRetry, Phase::Writing(pending)) => {
+            (Timer::RefusedWrite, Phase::Writing(pending)) => {
                 let effect = self.write_effect(pending);
                 fx.push(effect);
             }
-            (Timer::ReadRetry, Phase::Reloading) => fx.push(Effect::Reload),
-            (Timer::ReadRetry, Phase::Fetching) => fx.push(Effect::FetchCommand),
-            (Timer::ReadRetry, Phase::CheckingEnd(_)) => fx.push(Effect::CheckRow),
+            (Timer::Read, Phase::Reloading) => fx.push(Effect::Reload),
+            (Timer::Read, Phase::Fetching) => fx.push(Effect::FetchCommand),
+            (Timer::Read, Phase::CheckingEnd(_)) => fx.push(Effect::CheckRow),
             _ => {} // a timer no longer wanted
         }
     }
@@ -1313,7 +1313,7 @@ impl Lifecycle {
             "end action could not reach the database; will retry (attempt not counted)");
         self.phase = Phase::EndRetryDue;
         fx.push(Effect::SetTimer {
-            timer: Timer::EndRetry,
+            timer: Timer::EndAttempt,
             delay,
         });
     }
@@ -1337,7 +1337,7 @@ impl Lifecycle {
             metrics::counter!(crate::metrics::END_RETRIES).increment(1);
             self.phase = Phase::EndRetryDue;
             fx.push(Effect::SetTimer {
-                timer: Timer::EndRetry,
+                timer: Timer::EndAttempt,
                 delay,
             });
             return;

@@ -706,7 +706,7 @@ impl World {
             self.check(
                 self.timers
                     .iter()
-                    .any(|(_, k)| *k == TimerKind::Set(Timer::EndRetry)),
+                    .any(|(_, k)| *k == TimerKind::Set(Timer::EndAttempt)),
                 "a failed end attempt without a retry",
             );
         }
@@ -782,12 +782,12 @@ impl World {
             // Whatever was in flight may or may not have committed.
             match op {
                 Op::Write(update) if self.rng.bool() => self.commit(&update),
-                Op::CommitEndTx(update) if self.rng.bool() => {
-                    if !(self.row.status.is_ended() && self.row.notified) {
-                        self.end_effects += 1;
-                        self.check(self.end_effects <= 1, "the end's effects committed twice");
-                        self.commit(&update);
-                    }
+                Op::CommitEndTx(update)
+                    if self.rng.bool() && !(self.row.status.is_ended() && self.row.notified) =>
+                {
+                    self.end_effects += 1;
+                    self.check(self.end_effects <= 1, "the end's effects committed twice");
+                    self.commit(&update);
                 }
                 _ => {}
             }
