@@ -216,6 +216,7 @@ impl<C: Command> CommandActor<C> {
                 .as_ref()
                 .and_then(Command::life_time)
                 .unwrap_or(config.life_time),
+            may_act: self.coordinator.may_act(),
         };
         let mut effects = Vec::new();
         self.life.handle(input, &env, &mut effects);
@@ -331,10 +332,15 @@ impl<C: Command> CommandActor<C> {
         }
         let on_commit = if ends { self.end_notice(&update) } else { None };
         let tells_parent = on_commit.is_some();
-        let writer = self.coordinator.writer().clone();
-        let fut = writer
-            .queue(Transition::Update(update), on_commit)
-            .instrument(self.span());
+        let writer = self.coordinator.writer();
+        let transition = Transition::Update(update);
+        let fut = async move {
+            match on_commit {
+                Some(hook) => writer.queue(transition, Some(hook)).await,
+                None => writer.write(transition).await,
+            }
+        }
+        .instrument(self.span());
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             let input = match result {
                 Ok(()) => {
@@ -346,6 +352,7 @@ impl<C: Command> CommandActor<C> {
                 }
                 Err(e) => Input::WriteFailed {
                     error: e.to_string(),
+                    fenced: e.is_fenced(),
                 },
             };
             act.step(ctx, input, None);

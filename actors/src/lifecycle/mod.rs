@@ -64,6 +64,10 @@ pub(crate) struct Env<'a> {
     pub(crate) config: &'a RuntimeConfig,
     /// The command's life time (its own, or the configured default).
     pub(crate) life_time: Duration,
+    /// This host holds its host lock (and has not shut down): false, and
+    /// the command stops acting for good; whichever host holds the lock
+    /// rebuilds it from its row.
+    pub(crate) may_act: bool,
 }
 
 /// The type's choices that change the lifecycle, as plain values.
@@ -99,8 +103,9 @@ pub(crate) enum Input {
     /// The status change in flight is committed.
     WriteAcked,
     /// The database refused the status change in flight (the writer itself
-    /// retries outages: this is an error of this write alone).
-    WriteFailed { error: String },
+    /// retries outages: this is an error of this write alone); `fenced`:
+    /// the writer refused it because this host may not act.
+    WriteFailed { error: String, fenced: bool },
     /// The poll timer of this generation fired.
     PollDue { generation: u32 },
     /// A timer of [`Effect::SetTimer`] fired.
@@ -298,6 +303,9 @@ enum Phase {
     Finished,
     /// The row vanished while the command was live: nothing more to do.
     Gone,
+    /// This host may not act any more (it lost its host lock, or shut
+    /// down): no step, no write, no call, ever again in this actor.
+    Fenced,
 }
 
 /// A status change in flight.
@@ -346,7 +354,9 @@ pub(crate) struct LiveRow {
     pub(crate) id: CommandId,
     pub(crate) root_id: CommandId,
     pub(crate) parent_id: Option<CommandId>,
-    pub(crate) created_at: DateTime<Utc>,
+    /// `created_at` in milliseconds since the epoch (8 bytes rather than
+    /// chrono's 12: every idle command carries it).
+    pub(crate) created_ms: i64,
     pub(crate) command_type: i32,
     pub(crate) status: CommandStatus,
     pub(crate) executed: bool,
@@ -359,7 +369,7 @@ impl LiveRow {
             id: entity.id,
             root_id: entity.root(),
             parent_id: entity.parent_id,
-            created_at: entity.created_at,
+            created_ms: entity.created_at.timestamp_millis(),
             command_type: entity.command_type,
             status: entity.status,
             executed: entity.executed,
@@ -401,7 +411,8 @@ pub(crate) struct Lifecycle {
     extra: Option<Box<Extra>>,
     /// The generation of the last poll asked for; a `PollDue` of another
     /// one is stale.
-    poll_generation: u32,
+    /// (16 bits: a poll 65,536 generations old is never still in flight.)
+    poll_generation: u16,
     /// End attempts so far in this process (transient failures not
     /// counted). Small counters keep an idle command small.
     end_attempts: u16,
@@ -413,7 +424,6 @@ pub(crate) struct Lifecycle {
     /// Polls so far without news: the next one waits `poll_interval` ×
     /// 2^this, up to `max_poll_interval` (one byte rather than a `Duration`).
     poll_backoff: u8,
-    value: Value,
     /// The type's rules and three facts, in one byte (see [`Flags`]).
     flags: Flags,
 }
@@ -456,7 +466,6 @@ impl Lifecycle {
             restarts: 0,
             write_failures: 0,
             poll_backoff: 0,
-            value: Value::Present,
             flags: Flags::of(rules, resumed, cancelled),
         }
     }
@@ -510,7 +519,7 @@ impl Lifecycle {
     }
 
     pub(crate) fn is_finished(&self) -> bool {
-        matches!(self.phase, Phase::Finished | Phase::Gone)
+        matches!(self.phase, Phase::Finished | Phase::Gone | Phase::Fenced)
     }
 
     fn extra_mut(&mut self) -> &mut Extra {
@@ -525,6 +534,18 @@ impl Lifecycle {
         effects: &mut impl Extend<Effect>,
     ) {
         let mut fx = Sink(effects);
+        if !env.may_act && !matches!(input, Input::Restarted) {
+            // Nothing acts once the host may not (the host lock's
+            // connection died, another host may run this command now): not
+            // even on what was in flight. An end transaction still open is
+            // rolled back.
+            if let Input::Returned(returned) = &input
+                && returned.end_tx
+            {
+                fx.push(Effect::RollbackEndTx);
+            }
+            return self.fence();
+        }
         match input {
             Input::Started => match self.phase {
                 Phase::Created => self.advance(env, &mut fx, false),
@@ -558,9 +579,9 @@ impl Lifecycle {
                 }
                 self.phase = Phase::Idle;
                 match result {
-                    Ok(()) => self.value = Value::Present,
+                    Ok(()) => self.flags.set_value(Value::Present),
                     Err(reason) => {
-                        self.value = Value::Undecodable;
+                        self.flags.set_value(Value::Undecodable);
                         self.extra_mut().undecodable = Some(reason);
                     }
                 }
@@ -583,9 +604,18 @@ impl Lifecycle {
                 }
             }
             Input::WriteAcked => self.write_acked(env, &mut fx),
-            Input::WriteFailed { error } => self.write_failed(error, env, &mut fx),
+            Input::WriteFailed {
+                error,
+                fenced: true,
+            } => {
+                warn!(command_id = %self.id(), error = %error, "status change refused: this host may not act; the command stops here and is rebuilt from its row");
+                self.fence();
+            }
+            Input::WriteFailed { error, .. } => self.write_failed(error, env, &mut fx),
             Input::PollDue { generation } => {
-                if matches!(self.phase, Phase::PollArmed) && generation == self.poll_generation {
+                if matches!(self.phase, Phase::PollArmed)
+                    && generation == u32::from(self.poll_generation)
+                {
                     self.phase = Phase::Idle;
                     self.evaluate(env, &mut fx);
                 }
@@ -605,6 +635,14 @@ impl Lifecycle {
             Input::Cancel => self.cancel(env, &mut fx),
             Input::Returned(returned) => self.returned(returned, env, &mut fx),
             Input::EndCommitted(result) => self.end_committed(result, env, &mut fx),
+        }
+    }
+
+    /// Stops acting for good (see [`Phase::Fenced`]).
+    fn fence(&mut self) {
+        if !matches!(self.phase, Phase::Finished | Phase::Gone | Phase::Fenced) {
+            debug!(command_id = %self.id(), "host may not act: command stops here");
+            self.phase = Phase::Fenced;
         }
     }
 
@@ -717,7 +755,7 @@ impl Lifecycle {
     }
 
     fn call_execute(&mut self, fx: &mut Sink<'_, impl Extend<Effect>>) {
-        if self.value != Value::Present {
+        if self.flags.value() != Value::Present {
             let update = fail(
                 self.id(),
                 CommandStatus::ExecutionFailed,
@@ -743,7 +781,11 @@ impl Lifecycle {
             return;
         }
         let id = self.id();
-        let age = (env.now - self.row.created_at).to_std().unwrap_or_default();
+        let age_ms = env
+            .now
+            .timestamp_millis()
+            .saturating_sub(self.row.created_ms);
+        let age = Duration::from_millis(u64::try_from(age_ms).unwrap_or_default());
         if age > env.life_time {
             let reason = format!("exceeded its life time of {:?}", env.life_time);
             warn!(command_id = %id, "{reason}");
@@ -777,7 +819,7 @@ impl Lifecycle {
                 Then::Advance,
             );
         }
-        if self.value != Value::Present {
+        if self.flags.value() != Value::Present {
             let update = fail(id, CommandStatus::Failed, self.lost_reason());
             return self.write(fx, update, false, Then::Advance);
         }
@@ -816,7 +858,7 @@ impl Lifecycle {
         self.poll_generation = self.poll_generation.wrapping_add(1);
         self.phase = Phase::PollArmed;
         fx.push(Effect::SchedulePoll {
-            generation: self.poll_generation,
+            generation: u32::from(self.poll_generation),
             delay,
         });
     }
@@ -839,7 +881,7 @@ impl Lifecycle {
             self.phase = Phase::EndWaitsForChildren;
             return;
         }
-        match self.value {
+        match self.flags.value() {
             Value::Present => {
                 let succeeded = self.row.status == CommandStatus::Succeeded;
                 self.phase = Phase::Calling(Step::End { succeeded });
@@ -897,7 +939,7 @@ impl Lifecycle {
             Then::Advance => self.advance(env, fx, false),
             Then::Execute => self.advance(env, fx, true),
             Then::OnExecuted => {
-                if self.value == Value::Present {
+                if self.flags.value() == Value::Present {
                     self.phase = Phase::Calling(Step::OnExecuted);
                     fx.push(Effect::Call(Call::OnExecuted));
                 } else {
@@ -1211,9 +1253,9 @@ impl Lifecycle {
             decoded,
         } = reloaded;
         match decoded {
-            Ok(()) => self.value = Value::Present,
+            Ok(()) => self.flags.set_value(Value::Present),
             Err(reason) => {
-                self.value = Value::Undecodable;
+                self.flags.set_value(Value::Undecodable);
                 self.extra_mut().undecodable = Some(reason);
             }
         }
@@ -1287,7 +1329,7 @@ impl Lifecycle {
             self.apply(pending.update, fx);
             return self.advance(env, fx, false);
         }
-        if self.value != Value::Present {
+        if self.flags.value() != Value::Present {
             let update = ended(self.id(), false, Some(self.lost_reason()));
             return self.write(fx, update, false, Then::Advance);
         }
@@ -1360,7 +1402,7 @@ impl Lifecycle {
         fx: &mut Sink<'_, impl Extend<Effect>>,
     ) {
         self.restarts = self.restarts.saturating_add(1);
-        self.value = Value::Lost;
+        self.flags.set_value(Value::Lost);
         fx.push(Effect::DropCommand);
         self.extra_mut().last_panic = Some(reason.clone());
         metrics::counter!(crate::metrics::RESTARTS).increment(1);
@@ -1399,6 +1441,9 @@ impl Flags {
     /// Rebuilt from its row since its status was last committed: an end
     /// method may have run in a previous process.
     const RESUMED: u8 = 1 << 4;
+    /// Two bits: whether the actor holds the command value ([`Value`]).
+    const VALUE_SHIFT: u8 = 5;
+    const VALUE_MASK: u8 = 0b11 << Self::VALUE_SHIFT;
 
     fn of(rules: TypeRules, resumed: bool, cancelled: bool) -> Self {
         let mut flags = Flags(0);
@@ -1407,6 +1452,23 @@ impl Flags {
         flags.set(Self::RERUN, rules.rerun);
         flags.set(Self::RESUMED, resumed);
         flags
+    }
+
+    fn value(self) -> Value {
+        match (self.0 & Self::VALUE_MASK) >> Self::VALUE_SHIFT {
+            0 => Value::Present,
+            1 => Value::Lost,
+            _ => Value::Undecodable,
+        }
+    }
+
+    fn set_value(&mut self, value: Value) {
+        let bits = match value {
+            Value::Present => 0,
+            Value::Lost => 1,
+            Value::Undecodable => 2,
+        };
+        self.0 = (self.0 & !Self::VALUE_MASK) | (bits << Self::VALUE_SHIFT);
     }
 
     fn has(self, bit: u8) -> bool {

@@ -94,6 +94,8 @@ struct World {
     faults: bool,
     /// The last end transaction's COMMIT was refused (not an outage).
     commit_refused: bool,
+    /// The host holds its lock (false: another host may run the command).
+    may_act: bool,
 }
 
 fn config() -> RuntimeConfig {
@@ -170,6 +172,7 @@ impl World {
             trace: Vec::new(),
             faults: true,
             commit_refused: false,
+            may_act: true,
         };
         if skip {
             world.machine = Lifecycle::new(
@@ -213,6 +216,7 @@ impl World {
             now: self.now,
             config: &config,
             life_time: self.life_time,
+            may_act: self.may_act,
         };
         let mut effects = Vec::new();
         let was_finished = self.finished > 0;
@@ -235,6 +239,15 @@ impl World {
     }
 
     fn effect(&mut self, effect: Effect) {
+        if !self.may_act {
+            self.check(
+                !matches!(
+                    effect,
+                    Effect::Write { .. } | Effect::Call(_) | Effect::CommitEndTx { .. }
+                ),
+                "acted while the host may not (lost its host lock)",
+            );
+        }
         match effect {
             Effect::Write { update, .. } => {
                 self.check(update.id == self.id, "a write for another command");
@@ -506,6 +519,13 @@ impl World {
                 } else {
                     W::Ack
                 };
+                if !self.may_act {
+                    // The writer refuses what a fenced host writes.
+                    return self.feed(Input::WriteFailed {
+                        error: "this host may not write".into(),
+                        fenced: true,
+                    });
+                }
                 match w {
                     W::Ack => {
                         self.commit(&update);
@@ -520,6 +540,7 @@ impl World {
                     }
                     W::Refused => self.feed(Input::WriteFailed {
                         error: "value too long".into(),
+                        fenced: false,
                     }),
                 }
             }
@@ -688,11 +709,13 @@ impl World {
                 }
             }
         }
-        let expect_finalize = matches!(call, Call::End { .. })
+        let expect_finalize = self.may_act
+            && matches!(call, Call::End { .. })
             && matches!(returned.outcome, Outcome::Err(_) | Outcome::Panicked(_))
             && !returned.store_unavailable
             && self.counted_end_failures == self.config.end_attempts;
-        let expect_retry = matches!(call, Call::End { .. })
+        let expect_retry = self.may_act
+            && matches!(call, Call::End { .. })
             && matches!(returned.outcome, Outcome::Err(_) | Outcome::Panicked(_))
             && !expect_finalize;
         self.feed(Input::Returned(returned));
@@ -842,6 +865,7 @@ impl World {
             StalePoll,
             Cancel,
             Crash,
+            LockLost,
         }
         let e = self.pick(&[
             (10, E::Answer),
@@ -852,6 +876,7 @@ impl World {
             (1, E::StalePoll),
             (1, E::Cancel),
             (1, E::Crash),
+            (1, E::LockLost),
         ]);
         match e {
             E::Answer if self.op.is_some() => self.answer(),
@@ -892,6 +917,10 @@ impl World {
                 self.feed(Input::Cancel);
             }
             E::Crash => self.crash(),
+            E::LockLost if self.may_act => {
+                self.trace.push("HOST LOCK LOST".into());
+                self.may_act = false;
+            }
             _ => return self.progress(),
         }
         true
@@ -900,7 +929,13 @@ impl World {
     /// Under fair scheduling: answer what is in flight, deliver news, end
     /// children, fire timers; false when nothing is left to happen.
     fn progress(&mut self) -> bool {
-        if self.op.is_some() {
+        if !self.may_act && self.op.is_none() {
+            // The lock is held again: a new epoch rebuilds every command
+            // from the database, as after a crash.
+            self.trace.push("HOST LOCK HELD AGAIN".into());
+            self.may_act = true;
+            self.crash();
+        } else if self.op.is_some() {
             self.answer();
         } else if !self.mailbox.is_empty() {
             let news = self.mailbox.remove(0);
@@ -943,6 +978,7 @@ struct Coverage {
     cancelled: u64,
     children: u64,
     serial_skips: u64,
+    fenced: u64,
 }
 
 /// Runs one case: random steps, then fair scheduling until the command
@@ -981,6 +1017,7 @@ fn run_case(seed: u64, coverage: &mut Coverage) {
     coverage.cancelled += u64::from(world.row.failure_reason.as_deref() == Some(CANCELLED));
     coverage.children += u64::from(!world.children.is_empty());
     coverage.serial_skips += u64::from(saw("not run: an earlier child"));
+    coverage.fenced += u64::from(saw("HOST LOCK LOST"));
     world.check(world.finished == 1, "Finished more than once");
     world.check(
         world.row.status.is_ended() && world.row.notified,
@@ -1019,6 +1056,7 @@ fn every_interleaving_keeps_the_invariants_and_ends_the_command() {
             cancelled,
             children,
             serial_skips,
+            fenced,
         } = coverage;
         for (what, n) in [
             ("steps", steps),
@@ -1033,6 +1071,7 @@ fn every_interleaving_keeps_the_invariants_and_ends_the_command() {
             ("cancelled commands", cancelled),
             ("commands with children", children),
             ("serial children skipped", serial_skips),
+            ("host lock losses", fenced),
         ] {
             assert!(n > 0, "no case exercised {what}: {coverage:?}");
         }
