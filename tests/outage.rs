@@ -577,9 +577,10 @@ fn a_restart_during_end_transactions_keeps_every_end_effect_exactly_once() {
             ));
         }
         // Jobs end between 50 ms and 1 s and hold their end transaction for
-        // 200–600 ms: restart once several are inside their end method (the
-        // pool of 4 connections, shared with the writer, bounds how many).
-        until_inside_end_methods(3).await;
+        // 200–600 ms: restart once end methods are inside their end
+        // transaction (the share of the pool of 4 connections that the
+        // writer leaves bounds how many at once).
+        until_inside_end_methods(2).await;
         server.restart().await;
         expect_outcomes(running).await;
         expect_one_effect_each(&pool, &table, &effects, 40).await;
@@ -617,10 +618,10 @@ fn an_outage_during_end_methods_does_not_use_up_their_attempts() {
                 ),
             ));
         }
-        // Cut the database once several are inside their end transaction
-        // (the pool of 4 connections, shared with the writer, bounds how
-        // many at once).
-        until_inside_end_methods(3).await;
+        // Cut the database once end methods are inside their end
+        // transaction (the share of the pool of 4 connections that the
+        // writer leaves bounds how many at once).
+        until_inside_end_methods(2).await;
         server.stop().await;
         actix::clock::sleep(Duration::from_secs(2)).await;
         server.start().await;
