@@ -15,15 +15,6 @@ pub struct Poll {
     pub(crate) generation: u32,
 }
 
-/// Time to run the end method (the status is SUCCEEDED or FAILED, committed).
-///
-/// No longer sent or handled: the command's lifecycle starts its end method
-/// itself (see `lifecycle`). Kept so that the public `messages` module does
-/// not change in a patch release.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct EndAction;
-
 /// A child ended (its end method ran and ENDED_* is committed), or, during a
 /// restart, a child's state as read from the store.
 #[derive(Message, Debug, Clone)]
