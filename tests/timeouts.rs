@@ -231,7 +231,9 @@ async fn an_armed_proxy_loses_the_reply_to_a_commit_that_committed() {
     assert_eq!(connection, 1);
     // Committed all the same.
     assert!(db.store.get(e.id).await.unwrap().is_some());
-    drop(client);
+    // Out of the pool for good: returned, it could be handed out again
+    // before its closed socket is noticed.
+    drop(deadpool_postgres::Object::take(client));
 
     // Black-hole variant: the client waits, the server has committed.
     proxy.forward();

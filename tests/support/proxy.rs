@@ -422,8 +422,13 @@ async fn pump(
         };
         let chunk = &buf[..n];
         let mut then = None;
+        // The server's replies dropped before this chunk reaches it: a reply
+        // to it is one more (read before the write, so a fast reply is not
+        // counted as an old one).
+        let mut replies_before = 0;
         if direction == Direction::ToServer {
             then = fire_if_matched(shared, mode, &mut tail, chunk);
+            replies_before = shared.stats.borrow().dropped_from_server;
         }
         // Read the mode only now: an armed action that fired on this chunk
         // already silenced the replies, and still lets this chunk through.
@@ -448,11 +453,10 @@ async fn pump(
                 // Close only once the server answered (so it processed the
                 // message): a reset reaching the server first can discard
                 // bytes still unread there, and the COMMIT with them.
-                let before = shared.stats.borrow().dropped_from_server;
                 let mut stats = shared.stats.subscribe();
                 let _ = tokio::time::timeout(
                     std::time::Duration::from_secs(5),
-                    stats.wait_for(|s| s.dropped_from_server > before),
+                    stats.wait_for(|s| s.dropped_from_server > replies_before),
                 )
                 .await;
                 mode.send_modify(|m| *m = Mode::Cut);
