@@ -1,60 +1,19 @@
-//! Durations in filters ("90s", "15m", "2h", "7d", "1h30m") and on pages
-//! ("850ms", "12.3s", "4m05s", "2h03m", "3d04h"): short forms that fit a
-//! filter field (from the CLI's first parser; the CLI is a binary crate, and
-//! this crate must not depend on it). `m` is minutes.
+//! Durations in filters ("90s", "15m", "2h", "7d", "1h30m", "3months") and on
+//! pages ("850ms", "12.3s", "4m05s", "2h03m", "3d04h"). Parsed by `humantime`,
+//! as the CLI parses them: `m` is minutes, months are `months` or `M`.
 
 use std::time::Duration;
 
-/// Parses a duration: one or more `<integer><unit>` parts, units `ms`, `s`,
-/// `m`, `h`, `d`, `w`.
+/// Parses a duration the way the CLI does (`humantime`): `90s`, `15m`,
+/// `2h`, `7d`, `1h30m`, `3months`.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s.is_empty() {
         return Err("empty duration (examples: 90s, 15m, 2h, 7d)".into());
     }
-    let mut total_ms: u64 = 0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!(
-                "{text:?} is not a duration (examples: 90s, 15m, 2h, 7d)"
-            ));
-        }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit_ms: u64 = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "w" => 7 * 86_400_000,
-            "" => {
-                return Err(format!(
-                    "{text:?} has no unit (use ms, s, m, h, d or w: 90s, 15m, 2h, 7d)"
-                ));
-            }
-            other => {
-                return Err(format!(
-                    "{text:?}: unknown unit {other:?} (use ms, s, m, h, d or w)"
-                ));
-            }
-        };
-        rest = &rest[unit_len..];
-        total_ms = number
-            .checked_mul(unit_ms)
-            .and_then(|ms| total_ms.checked_add(ms))
-            .ok_or_else(|| format!("{text:?}: duration too large"))?;
-    }
-    Ok(Duration::from_millis(total_ms))
+    humantime::parse_duration(s).map_err(|e| {
+        format!("{text:?} is not a duration ({e}; examples: 90s, 15m, 2h, 7d, 3months)")
+    })
 }
 
 /// Now minus `d`, or an error when that is before any representable time.
@@ -94,16 +53,9 @@ mod tests {
         assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse("0s"), Ok(Duration::ZERO));
-        for bad in [
-            "",
-            "7",
-            "7x",
-            "d",
-            "-1d",
-            "1.5h",
-            "99999999999999999999d",
-            "h1",
-        ] {
+        assert_eq!(parse("3months"), parse("3M"));
+        assert!(parse("3months").unwrap() > Duration::from_secs(89 * 86_400));
+        for bad in ["", "7", "7x", "d", "-1d", "99999999999999999999d", "h1"] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }
