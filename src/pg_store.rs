@@ -370,15 +370,7 @@ impl PgStore {
         let client = deadpool_postgres::Object::take(self.client(op, None).await?);
         let deadline = std::time::Instant::now() + self.host_lock_wait;
         loop {
-            let locked: bool = client
-                .query_one(
-                    "SELECT pg_try_advisory_lock($1, hashtext($2))",
-                    &[&HOST_LOCK_CLASS, &self.schema.as_str()],
-                )
-                .await
-                .map_err(|e| map_pg_error(op, None, e))?
-                .get(0);
-            if locked {
+            if self.try_lock_on(&client).await? {
                 *held = Some(client);
                 return Ok(());
             }
@@ -405,17 +397,20 @@ impl PgStore {
 
     /// Tries once to take the host lock on a fresh connection (no waiting).
     async fn try_host_lock(&self) -> Result<Option<deadpool_postgres::ClientWrapper>, StoreError> {
-        let op = StoreOp::Connect;
-        let client = deadpool_postgres::Object::take(self.client(op, None).await?);
-        let locked: bool = client
+        let client = deadpool_postgres::Object::take(self.client(StoreOp::Connect, None).await?);
+        Ok(self.try_lock_on(&client).await?.then_some(client))
+    }
+
+    /// One `pg_try_advisory_lock` of the host lock on `client`'s session.
+    async fn try_lock_on(&self, client: &tokio_postgres::Client) -> Result<bool, StoreError> {
+        Ok(client
             .query_one(
                 "SELECT pg_try_advisory_lock($1, hashtext($2))",
                 &[&HOST_LOCK_CLASS, &self.schema.as_str()],
             )
             .await
-            .map_err(|e| map_pg_error(op, None, e))?
-            .get(0);
-        Ok(locked.then_some(client))
+            .map_err(|e| map_pg_error(StoreOp::Connect, None, e))?
+            .get(0))
     }
 
     pub fn pool(&self) -> &Pool {
