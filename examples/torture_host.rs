@@ -93,10 +93,44 @@ struct Args {
     /// Most hierarchies unfinished at once.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     window: u32,
+    /// The name of this host in the registry (several hosts may share the
+    /// schema: `tests/hosts.rs`).
+    #[arg(long)]
+    host_name: Option<String>,
+    /// This host submits the seqs `s` with `s % n == i` (`i/n`); several
+    /// hosts on one schema split the workload this way.
+    #[arg(long, default_value = "0/1", value_parser = parse_shard)]
+    shard: (u32, u32),
+    /// Lease in milliseconds (default: the library's).
+    #[arg(long)]
+    lease_ms: Option<u64>,
+    /// Heartbeat interval in milliseconds (default: the library's).
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// End methods keep their transaction open 0..=this many milliseconds
+    /// after writing their effect, so that a stop or kill lands inside it.
+    #[arg(long, default_value_t = 0)]
+    end_hold_ms: u64,
+    /// Once this host's shard ended, stay (adopting other hosts' work)
+    /// until SIGTERM.
+    #[arg(long)]
+    linger: bool,
+}
+
+fn parse_shard(s: &str) -> Result<(u32, u32), String> {
+    let (i, n) = s.split_once('/').ok_or("expected i/n")?;
+    let i: u32 = i.parse().map_err(|e| format!("{e}"))?;
+    let n: u32 = n.parse().map_err(|e| format!("{e}"))?;
+    if n == 0 || i >= n {
+        return Err(format!("shard {i}/{n}: need 0 <= i < n"));
+    }
+    Ok((i, n))
 }
 
 /// `"<schema>".torture_effects`, set once at start.
 static EFFECTS_TABLE: OnceLock<String> = OnceLock::new();
+/// `--end-hold-ms`.
+static END_HOLD_MS: OnceLock<u64> = OnceLock::new();
 
 fn effects_table() -> &'static str {
     EFFECTS_TABLE.get().expect("effects table set at start")
@@ -114,6 +148,12 @@ async fn write_effect(ctx: &CommandContext, kind: &str, seq: u32) -> Result<(), 
         &[ctx.id().as_uuid(), &kind, &(seq as i32)],
     )
     .await?;
+    // Held open a moment: a stop or kill of this process then finds
+    // end transactions in flight.
+    let hold = END_HOLD_MS.get().copied().unwrap_or(0);
+    if hold > 0 {
+        jitter(hold).await;
+    }
     Ok(())
 }
 
@@ -261,7 +301,36 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(args).await {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            eprintln!("torture_host: cannot handle SIGTERM: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let coordinator: Rc<std::cell::RefCell<Option<Coordinator>>> = Rc::default();
+    let linger = args.linger;
+    let result = tokio::select! {
+        result = run(args, coordinator.clone()) => match result {
+            Ok(()) if linger => {
+                println!("SHARD ENDED: lingering until SIGTERM");
+                term.recv().await;
+                Ok(())
+            }
+            other => other,
+        },
+        _ = term.recv() => {
+            println!("SIGTERM");
+            Ok(())
+        }
+    };
+    // Graceful: the other hosts adopt this one's work at once.
+    let running = coordinator.borrow_mut().take();
+    if let Some(coordinator) = running {
+        coordinator.shutdown().await;
+        println!("SHUT DOWN");
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("torture_host: {e}");
@@ -270,7 +339,10 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(
+    args: Args,
+    running: Rc<std::cell::RefCell<Option<Coordinator>>>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let schema = SchemaName::new(args.schema.clone())?;
     let config = DatabaseConfig::from_url(&args.database_url)?.with_schema(schema.clone());
@@ -284,19 +356,32 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("inserted {junk} pre-aged junk rows for cleanup");
     }
 
+    END_HOLD_MS.set(args.end_hold_ms).expect("set once");
     let poll = Duration::from_millis(args.poll_ms);
-    let coordinator = Coordinator::builder(PgStore::new(pool.clone(), schema.clone()))
+    let mut builder = Coordinator::builder(PgStore::new(pool.clone(), schema.clone()))
         .register::<TortureRoot>()
         .register::<TortureChild>()
         .poll_interval(poll)
         .max_poll_interval(poll * 4)
         .end_retry_delay(poll)
-        .cleanup_interval(Duration::from_millis(300))
-        .start()
-        .await?;
+        .cleanup_interval(Duration::from_millis(300));
+    if let Some(name) = &args.host_name {
+        builder = builder.host_name(name.clone());
+    }
+    if let Some(ms) = args.heartbeat_ms {
+        builder = builder.heartbeat_interval(Duration::from_millis(ms));
+    }
+    if let Some(ms) = args.lease_ms {
+        builder = builder
+            .lease(Duration::from_millis(ms))
+            .host_check_interval(Duration::from_millis((ms / 10).max(50)));
+    }
+    let coordinator = builder.start().await?;
+    *running.borrow_mut() = Some(coordinator.clone());
     println!(
-        "coordinator started after {} ms: {} commands rebuilt",
+        "coordinator started after {} ms as host {}: {} commands rebuilt",
         started.elapsed().as_millis(),
+        coordinator.host_id(),
         coordinator.live_count().await?
     );
 
@@ -332,9 +417,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let ended = Rc::new(Cell::new(0u32));
     let succeeded = Rc::new(Cell::new(0u32));
     let errors: Rc<std::cell::RefCell<Vec<String>>> = Rc::default();
-    let mut tasks = Vec::with_capacity(args.hierarchies as usize);
-    let progress = actix::spawn(progress(ended.clone(), args.hierarchies));
-    for seq in 0..args.hierarchies {
+    let (shard, shards) = args.shard;
+    let mine = (0..args.hierarchies)
+        .filter(|seq| seq % shards == shard)
+        .count() as u32;
+    let mut tasks = Vec::with_capacity(mine as usize);
+    let progress = actix::spawn(progress(ended.clone(), mine));
+    for seq in (0..args.hierarchies).filter(|seq| seq % shards == shard) {
         if !errors.borrow().is_empty() {
             break;
         }
@@ -379,7 +468,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    println!("ended {}/{} hierarchies", ended.get(), args.hierarchies);
+    println!("ended {}/{mine} hierarchies", ended.get());
 
     // Cleanup's own timer removes the junk rows; wait for it, boundedly.
     let deadline = Instant::now() + JUNK_WAIT;
@@ -402,7 +491,6 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("waiting for cleanup: {left} junk rows left");
         actix::clock::sleep(Duration::from_millis(200)).await;
     }
-    coordinator.shutdown().await;
     println!(
         "ALL ENDED: {} hierarchies, {} succeeded, {} failed, run took {} ms",
         ended.get(),

@@ -342,7 +342,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let config = DatabaseConfig::from_url(&url)?;
     let store = PgStore::new(config.create_pool()?, config.schema().clone());
-    // Migrates, takes the host lock, rebuilds every unfinished command.
+    // Migrates, joins the hosts of the schema, adopts and rebuilds every
+    // unfinished command no live host owns.
     let coordinator = Coordinator::builder(store.clone())
         .register::<RemoveSnapshot>()
         .register::<Merge>()

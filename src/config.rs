@@ -165,7 +165,7 @@ impl fmt::Debug for SchemaName {
 /// | [connect timeout](Self::with_connect_timeout) | 5 s | every new connection: TCP connect, and the pool's limit for TLS + authentication | a server that does not answer at all |
 /// | [TCP keepalives](Self::with_keepalives) | 30 s idle, 10 s interval, 3 probes | every connection, in the kernel | a dead peer under an idle connection (in the pool, or waiting for a long statement): found in 60 s; a live server answers probes while it works, so long statements are not affected |
 /// | [TCP user timeout](Self::with_tcp_user_timeout) | 30 s (Linux) | every connection, in the kernel | a request sent into a dead network (unacknowledged data, where keepalives do not run) |
-/// | [query timeout](Self::with_query_timeout) | 30 s, client side | the store's short operations only: writer batches, point reads and writes, cancel requests; **not** migrations, cleanup batches, loads or removals of whole hierarchies, the start-up loads, the host lock, or the end methods' transactions | what the kernel cannot see: a peer that acknowledges packets but never answers (a hung proxy or pooler, a stopped server process) |
+/// | [query timeout](Self::with_query_timeout) | 30 s, client side | the store's short operations only: writer batches, point reads and writes, cancel requests; **not** migrations, cleanup batches, loads or removals of whole hierarchies, the start-up loads, the heartbeat (bounded by a third of the lease), or the end methods' transactions | what the kernel cannot see: a peer that acknowledges packets but never answers (a hung proxy or pooler, a stopped server process) |
 /// | [statement timeout](Self::with_statement_timeout) | off | every statement of the pool's sessions, server side | opt-in: it would also cut migrations (index builds, the migration lock wait), big cleanup batches and the end methods' own SQL |
 ///
 /// Values given in the URL (`connect_timeout`, `keepalives`, `keepalives_idle`,
@@ -344,7 +344,7 @@ impl DatabaseConfig {
     ///
     /// Off by default because it applies to *every* statement: migrations
     /// (index builds on a large table, the wait for another host's migration
-    /// lock), cleanup batches, the host lock, and the SQL of end methods. Set
+    /// lock), cleanup batches, the heartbeat, and the SQL of end methods. Set
     /// it when the deployment wants a hard server-side bound and every one of
     /// those fits in it; at least 1 ms, at most `i32::MAX` ms.
     pub fn with_statement_timeout(

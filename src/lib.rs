@@ -28,6 +28,7 @@ pub mod config;
 #[cfg(feature = "embedded-postgres")]
 pub mod embedded;
 pub mod migrate;
+mod pg_hosts;
 pub mod pg_store;
 pub mod pg_transaction;
 #[cfg(feature = "tls")]
@@ -37,9 +38,9 @@ pub use command_coordinator_actors as actors;
 pub use command_coordinator_actors::{
     BadRow, CancelOutcome, ChildExecution, ChildView, CleanupConfig, Command, CommandContext,
     CommandEntity, CommandError, CommandId, CommandStatus, CommandStore, Coordinator,
-    CoordinatorBuilder, CoordinatorError, Expired, InterruptedExecute, JsonPayload, LoadedRows,
-    OnRootEnd, Outcome, PollOutcome, RemovedBatch, RuntimeConfig, StartError, StoreError,
-    StoreErrorKind, StoreOp,
+    CoordinatorBuilder, CoordinatorError, Expired, HostId, HostRecord, HostState,
+    InterruptedExecute, JsonPayload, LoadedRows, OnDeclaredDead, OnRootEnd, Outcome, PollOutcome,
+    RemovedBatch, RuntimeConfig, StartError, StoreError, StoreErrorKind, StoreOp,
 };
 pub use config::{ConfigError, DatabaseConfig, SchemaName};
 pub use migrate::{MigrationReport, migrate};

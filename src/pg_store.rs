@@ -15,32 +15,29 @@ use uuid::Uuid;
 use crate::config::SchemaName;
 use crate::pg_transaction::PgTransaction;
 use command_coordinator_actors::{
-    BadRow, CancelOutcome, CommandEntity, CommandId, CommandStatus, CommandStore, CommandUpdate,
-    EndTransaction, Expired, HostLock, JsonPayload, LoadedRows, LocalStoreFuture, RemovedBatch,
-    StoreError, StoreErrorKind, StoreFuture, StoreOp, Transition,
+    Applied, BadRow, CancelOutcome, CommandEntity, CommandId, CommandStatus, CommandStore,
+    CommandUpdate, EndTransaction, Expired, HostId, HostInfo, HostRecord, HostState, JsonPayload,
+    LoadedRows, LocalStoreFuture, OwnedRows, RemovedBatch, StoreError, StoreErrorKind, StoreFuture,
+    StoreOp, Transition,
 };
 
 /// The columns every entity query selects, in the order [`entity_from_row`] reads.
-const COLUMNS: &str = "command_id, command_type, root_command_id, parent_command_id, \
+pub(crate) const COLUMNS: &str = "command_id, command_type, root_command_id, parent_command_id, \
     command_parameters, command_params_class, created_at, updated_at, ended_at, status, \
     callback_enabled, callback_notified, executed, return_value, return_value_class, \
-    failure_reason, job_id, step_id";
+    failure_reason, job_id, step_id, owner_host";
 
 /// The `status IN (...)` list of ended statuses, spelled once.
-const ENDED: &str = "('ENDED_SUCCESSFULLY', 'ENDED_WITH_FAILURE')";
+pub(crate) const ENDED: &str = "('ENDED_SUCCESSFULLY', 'ENDED_WITH_FAILURE')";
 
 /// How many hierarchies [`PgStore::remove_before`] removes per statement, so that
 /// one cleanup never holds locks on an unbounded number of rows.
 pub const DEFAULT_REMOVE_BATCH: u32 = 1_000;
 
-/// First key of the advisory lock a running coordinator holds on its schema
-/// (the second is the schema's hash); see [`PgStore::acquire_host_lock`].
+/// First key of the advisory lock that coordinators before V6 (one host per
+/// schema) held on their schema, the second being the schema's hash. A
+/// starting host refuses to run next to one: see [`PgStore::prepare`].
 pub(crate) const HOST_LOCK_CLASS: i32 = 0x4343_0002;
-
-/// How long a starting coordinator waits for the previous holder of its
-/// schema to go away (a killed predecessor's connection may take a moment to
-/// be noticed by the server) before refusing to start.
-pub const DEFAULT_HOST_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The SQL text of every operation, with the schema filled in.
 #[derive(Debug)]
@@ -64,13 +61,32 @@ pub(crate) struct Statements {
     cancel_requested: String,
     children_of_unfinished: String,
     children: String,
-    apply_inserts: String,
-    pub(crate) apply_updates: String,
+    apply: String,
+    pub(crate) end_update: String,
+    pub(crate) owner_of: String,
+    pub(crate) hosts: crate::pg_hosts::HostStatements,
 }
 
 impl Statements {
     fn new(schema: &SchemaName) -> Self {
         let t = format!("{}.command_entities", schema.quoted());
+        let hosts = format!("{}.command_hosts", schema.quoted());
+        // The SET part of every runtime update: a NULL leaves the column
+        // as it is.
+        let update = format!(
+            "UPDATE {t} AS c SET \
+               status = coalesce(u.status, c.status), \
+               executed = coalesce(u.executed, c.executed), \
+               callback_notified = coalesce(u.notified, c.callback_notified), \
+               command_parameters = coalesce(u.params, c.command_parameters), \
+               command_params_class = coalesce(u.params_class, c.command_params_class), \
+               return_value = coalesce(u.rv, c.return_value), \
+               return_value_class = coalesce(u.rv_class, c.return_value_class), \
+               failure_reason = coalesce(u.reason, c.failure_reason), \
+               updated_at = now(), \
+               ended_at = CASE WHEN coalesce(u.status, c.status) IN {ENDED} \
+                   THEN coalesce(c.ended_at, now()) END"
+        );
         // Roots of hierarchies that cleanup may take for cutoff $1: a hierarchy
         // goes only as a whole, and only when its root and every row under it
         // ended before the cutoff. A NULL or unknown status counts as not
@@ -98,7 +114,7 @@ impl Statements {
                 "INSERT INTO {t} AS c ({COLUMNS}) VALUES \
                  ($1, $2, $3, $4, $5, $6, $7, now(), \
                   CASE WHEN $9 IN {ENDED} THEN coalesce($8, now()) END, \
-                  $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+                  $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
                  ON CONFLICT (command_id) DO UPDATE SET \
                    command_type = EXCLUDED.command_type, \
                    root_command_id = EXCLUDED.root_command_id, \
@@ -116,7 +132,8 @@ impl Statements {
                    return_value_class = EXCLUDED.return_value_class, \
                    failure_reason = EXCLUDED.failure_reason, \
                    job_id = EXCLUDED.job_id, \
-                   step_id = EXCLUDED.step_id"
+                   step_id = EXCLUDED.step_id, \
+                   owner_host = EXCLUDED.owner_host"
             ),
             get: format!("SELECT {COLUMNS} FROM {t} WHERE command_id = $1"),
             get_status: format!("SELECT status FROM {t} WHERE command_id = $1"),
@@ -169,47 +186,75 @@ impl Statements {
                 "SELECT {COLUMNS} FROM {t} WHERE parent_command_id = $1 \
                  ORDER BY created_at, command_id"
             ),
-            // One statement for any number of new commands. An id that exists
-            // is left alone, so a batch retried after a lost commit is harmless.
-            apply_inserts: format!(
-                "INSERT INTO {t} ({COLUMNS}) \
-                 SELECT u.id, u.ty, u.root, u.parent, u.params, u.class, u.created, now(), \
-                        CASE WHEN u.status IN {ENDED} THEN now() END, u.status, u.cb, \
-                        u.notified, u.executed, u.rv, u.rv_class, u.reason, u.job, u.step \
-                 FROM unnest($1::uuid[], $2::int4[], $3::uuid[], $4::uuid[], $5::text[], \
-                             $6::text[], $7::timestamptz[], $8::text[], $9::bool[], $10::bool[], \
-                             $11::bool[], $12::text[], $13::text[], $14::text[], $15::uuid[], \
-                             $16::uuid[]) \
-                   AS u(id, ty, root, parent, params, class, created, status, cb, notified, \
-                        executed, rv, rv_class, reason, job, step) \
-                 ON CONFLICT (command_id) DO NOTHING"
-            ),
-            // One statement for any number of status changes; a NULL leaves the
-            // column as it is. The writer guarantees each id appears once.
+            // A writer batch: any number of new commands and of status
+            // changes, in one statement (one round trip, and no window in
+            // which a paused process holds locks between two statements).
             //
-            // A command that ended and was notified is final: no write changes
-            // it again. This is what makes the end exactly-once when a COMMIT's
-            // reply is lost (the end transaction's second attempt waits for the
-            // first's row lock, then matches nothing and is rolled back with
-            // its effects), and what keeps a stale write that a timed-out
+            // Fenced. New rows are inserted only while the host ($26) is
+            // alive, and are owned by it; `h` takes a share lock on the
+            // host's row, so a host declaring it dead waits for this
+            // statement, and after that no insert of it passes. Updates
+            // apply only to rows the host owns: checked on the row being
+            // updated (an adoption that committed meanwhile is seen when
+            // the row lock is granted), so it costs no lock and no round
+            // trip. The ids of updates that did not apply come back (they
+            // are normally none): ended already, or owned by another host.
+            //
+            // An id that exists is not inserted again, so a batch retried
+            // after a lost commit is harmless. A command that ended and was
+            // notified is final: no write changes it again. This is what
+            // makes the end exactly-once when a COMMIT's reply is lost (the
+            // end transaction's second attempt waits for the first's row
+            // lock, then matches nothing and is rolled back with its
+            // effects), and what keeps a stale write that a timed-out
             // connection left running from reopening an ended command.
-            apply_updates: format!(
-                "UPDATE {t} AS c SET \
-                   status = coalesce(u.status, c.status), \
-                   executed = coalesce(u.executed, c.executed), \
-                   callback_notified = coalesce(u.notified, c.callback_notified), \
-                   command_parameters = coalesce(u.params, c.command_parameters), \
-                   command_params_class = coalesce(u.params_class, c.command_params_class), \
-                   return_value = coalesce(u.rv, c.return_value), \
-                   return_value_class = coalesce(u.rv_class, c.return_value_class), \
-                   failure_reason = coalesce(u.reason, c.failure_reason), \
-                   updated_at = now(), \
-                   ended_at = CASE WHEN coalesce(u.status, c.status) IN {ENDED} \
-                       THEN coalesce(c.ended_at, now()) END \
+            apply: format!(
+                "WITH h AS ( \
+                   SELECT 1 FROM {hosts} \
+                   WHERE host_id = $26 AND state = 'alive' AND cardinality($1::uuid[]) > 0 \
+                   FOR SHARE \
+                 ), ins AS ( \
+                   INSERT INTO {t} ({COLUMNS}, owner_epoch) \
+                   SELECT u.id, u.ty, u.root, u.parent, u.params, u.class, u.created, now(), \
+                          CASE WHEN u.status IN {ENDED} THEN now() END, u.status, u.cb, \
+                          u.notified, u.executed, u.rv, u.rv_class, u.reason, u.job, u.step, \
+                          $26, 1 \
+                   FROM unnest($1::uuid[], $2::int4[], $3::uuid[], $4::uuid[], $5::text[], \
+                               $6::text[], $7::timestamptz[], $8::text[], $9::bool[], \
+                               $10::bool[], $11::bool[], $12::text[], $13::text[], $14::text[], \
+                               $15::uuid[], $16::uuid[]) \
+                     AS u(id, ty, root, parent, params, class, created, status, cb, notified, \
+                          executed, rv, rv_class, reason, job, step) \
+                   WHERE EXISTS (SELECT 1 FROM h) \
+                   ON CONFLICT (command_id) DO NOTHING \
+                 ), upd AS ( \
+                   {update} \
+                   FROM unnest($17::uuid[], $18::text[], $19::bool[], $20::bool[], \
+                               $21::text[], $22::text[], $23::text[], $24::text[], $25::text[]) \
+                     AS u(id, status, executed, notified, params, params_class, rv, rv_class, \
+                          reason) \
+                   WHERE c.command_id = u.id AND c.callback_notified IS NOT TRUE \
+                     AND c.owner_host = $26 \
+                   RETURNING c.command_id \
+                 ) \
+                 SELECT (SELECT count(*) FROM h), \
+                        ARRAY(SELECT x.id FROM unnest($17::uuid[]) AS x(id) \
+                              WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.command_id = x.id))"
+            ),
+            // The end transaction's update of its command: fenced like the
+            // writer's; 0 rows changed means ended already, or owned by
+            // another host (`owner_of` tells which).
+            end_update: format!(
+                "{update} \
                  FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::bool[], $5::text[], \
                              $6::text[], $7::text[], $8::text[], $9::text[]) \
                    AS u(id, status, executed, notified, params, params_class, rv, rv_class, reason) \
-                 WHERE c.command_id = u.id AND c.callback_notified IS NOT TRUE"
+                 WHERE c.command_id = u.id AND c.callback_notified IS NOT TRUE \
+                   AND c.owner_host = $10"
+            ),
+            owner_of: format!(
+                "SELECT command_id, owner_host, callback_notified FROM {t} \
+                 WHERE command_id = ANY($1)"
             ),
             // A hierarchy goes only as a whole, and only when its root and every
             // row under it ended before the cutoff. A NULL or unknown status
@@ -252,6 +297,7 @@ impl Statements {
                    WHERE callback_enabled AND callback_notified IS NOT TRUE) \
                  ORDER BY created_at, command_id"
             ),
+            hosts: crate::pg_hosts::HostStatements::new(schema),
             // The predicate is the partial index's (V4): only commands not
             // notified yet, so the check does not grow with past cancellations.
             cancel_requested: format!(
@@ -268,13 +314,13 @@ impl Statements {
 /// Cheap to clone: the pool and the statements are shared.
 #[derive(Clone)]
 pub struct PgStore {
-    pool: Pool,
-    schema: SchemaName,
-    sql: std::sync::Arc<Statements>,
-    /// The connection holding the host lock, once taken: the lock lives as
-    /// long as this connection, i.e. as long as this process.
-    host_lock: std::sync::Arc<tokio::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>>,
-    host_lock_wait: std::time::Duration,
+    pub(crate) pool: Pool,
+    pub(crate) schema: SchemaName,
+    pub(crate) sql: std::sync::Arc<Statements>,
+    /// The heartbeat's own connection, made outside the pool on the
+    /// heartbeat thread (see `pg_hosts`).
+    pub(crate) heartbeat_client:
+        std::sync::Arc<std::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>>,
     /// Whether a coordinator's start applies migrations (see
     /// [`PgStore::without_migrations`]).
     run_migrations: bool,
@@ -297,9 +343,6 @@ pub const WRITER_RESERVED: usize = 2;
 /// is retried).
 const CANCEL_ATTEMPTS: u32 = 3;
 
-/// How long the host lock's connection may take to answer its check.
-const HOST_LOCK_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
@@ -317,8 +360,7 @@ impl PgStore {
         Self {
             schema,
             sql,
-            host_lock: Default::default(),
-            host_lock_wait: DEFAULT_HOST_LOCK_WAIT,
+            heartbeat_client: Default::default(),
             run_migrations: true,
             query_timeout: Some(crate::config::DEFAULT_QUERY_TIMEOUT),
             end_transactions: std::sync::Arc::new(tokio::sync::Semaphore::new(
@@ -348,69 +390,46 @@ impl PgStore {
         self
     }
 
-    /// Waits at most `wait` for another coordinator on this schema to go away
-    /// (default [`DEFAULT_HOST_LOCK_WAIT`]).
-    pub fn with_host_lock_wait(mut self, wait: std::time::Duration) -> Self {
-        self.host_lock_wait = wait;
-        self
-    }
-
-    /// Takes the advisory lock that says "a coordinator runs on this schema",
-    /// on a connection of its own that is kept for the life of the process.
-    ///
-    /// Until several hosts can share a database (with row ownership), two
-    /// coordinators rehydrating and running the same rows would run every
-    /// command twice; this makes the second one refuse to start instead.
-    pub async fn acquire_host_lock(&self) -> Result<(), StoreError> {
+    /// Refuses to run next to a coordinator of a version before several
+    /// hosts could share a schema: such a host holds the advisory lock
+    /// ([`HOST_LOCK_CLASS`], hashtext(schema)) and neither registers nor
+    /// checks ownership, so both would run the same commands.
+    async fn refuse_single_host_versions(&self) -> Result<(), StoreError> {
         let op = StoreOp::Connect;
-        let mut held = self.host_lock.lock().await;
-        if held.is_some() {
-            return Ok(());
-        }
-        let client = deadpool_postgres::Object::take(self.client(op, None).await?);
-        let deadline = std::time::Instant::now() + self.host_lock_wait;
-        loop {
-            if self.try_lock_on(&client).await? {
-                *held = Some(client);
-                return Ok(());
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(StoreError::new(
-                    op,
-                    None,
-                    StoreErrorKind::Database(
-                        format!(
-                            "another coordinator is running on schema {:?} (it holds advisory lock \
-                             ({HOST_LOCK_CLASS}, hashtext('{}'))); waited {:?}. Stop it first: two \
-                             hosts on one schema would run every command twice",
-                            self.schema.as_str(),
-                            self.schema.as_str(),
-                            self.host_lock_wait
-                        )
-                        .into(),
-                    ),
-                ));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Tries once to take the host lock on a fresh connection (no waiting).
-    async fn try_host_lock(&self) -> Result<Option<deadpool_postgres::ClientWrapper>, StoreError> {
-        let client = deadpool_postgres::Object::take(self.client(StoreOp::Connect, None).await?);
-        Ok(self.try_lock_on(&client).await?.then_some(client))
-    }
-
-    /// One `pg_try_advisory_lock` of the host lock on `client`'s session.
-    async fn try_lock_on(&self, client: &tokio_postgres::Client) -> Result<bool, StoreError> {
-        Ok(client
+        let client = self.client(op, None).await?;
+        let free: bool = client
             .query_one(
                 "SELECT pg_try_advisory_lock($1, hashtext($2))",
                 &[&HOST_LOCK_CLASS, &self.schema.as_str()],
             )
             .await
-            .map_err(|e| map_pg_error(StoreOp::Connect, None, e))?
-            .get(0))
+            .map_err(|e| map_pg_error(op, None, e))?
+            .get(0);
+        if free {
+            client
+                .execute(
+                    "SELECT pg_advisory_unlock($1, hashtext($2))",
+                    &[&HOST_LOCK_CLASS, &self.schema.as_str()],
+                )
+                .await
+                .map_err(|e| map_pg_error(op, None, e))?;
+            return Ok(());
+        }
+        Err(StoreError::new(
+            op,
+            None,
+            StoreErrorKind::Database(
+                format!(
+                    "a coordinator of an older version (one host per schema) is running on schema \
+                     {:?}: it holds advisory lock ({HOST_LOCK_CLASS}, hashtext('{}')). Stop it \
+                     before starting this version: it does not know of other hosts and would \
+                     run the same commands",
+                    self.schema.as_str(),
+                    self.schema.as_str()
+                )
+                .into(),
+            ),
+        ))
     }
 
     pub fn pool(&self) -> &Pool {
@@ -436,12 +455,12 @@ impl PgStore {
         }
     }
 
-    /// Applies a writer batch: one multi-row INSERT and one multi-row UPDATE,
-    /// in one transaction when both are needed.
-    async fn apply_batch(&self, batch: &[Transition]) -> Result<(), StoreError> {
+    /// Applies a writer batch in one statement (see `Statements::apply`).
+    async fn apply_batch(&self, host: HostId, batch: &[Transition]) -> Result<Applied, StoreError> {
         let op = StoreOp::Apply;
         let first = batch.first().map(Transition::command_id);
-        let pg = |e| map_pg_error(op, if batch.len() == 1 { first } else { None }, e);
+        let one = if batch.len() == 1 { first } else { None };
+        let pg = |e| map_pg_error(op, one, e);
         let mut inserts = InsertColumns::default();
         let mut updates = UpdateColumns::default();
         for transition in batch {
@@ -450,50 +469,44 @@ impl PgStore {
                 Transition::Update(u) => updates.push(u),
             }
         }
-        let mut client = self.client(op, first).await?;
-        let insert_stmt = if inserts.id.is_empty() {
-            None
-        } else {
-            Some(
-                client
-                    .prepare_cached(&self.sql.apply_inserts)
-                    .await
-                    .map_err(pg)?,
-            )
-        };
-        let update_stmt = if updates.id.is_empty() {
-            None
-        } else {
-            Some(
-                client
-                    .prepare_cached(&self.sql.apply_updates)
-                    .await
-                    .map_err(pg)?,
-            )
-        };
+        let client = self.client(op, first).await?;
+        let stmt = client.prepare_cached(&self.sql.apply).await.map_err(pg)?;
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::with_capacity(26);
         let insert_params = inserts.params();
         let update_params = updates.params();
-        match (insert_stmt, update_stmt) {
-            // A single statement is a transaction of its own: no BEGIN/COMMIT
-            // round trips needed.
-            (Some(stmt), None) => {
-                client.execute(&stmt, &insert_params).await.map_err(pg)?;
-            }
-            (None, Some(stmt)) => {
-                client.execute(&stmt, &update_params).await.map_err(pg)?;
-            }
-            (Some(insert), Some(update)) => {
-                let tx = client.transaction().await.map_err(pg)?;
-                tx.execute(&insert, &insert_params).await.map_err(pg)?;
-                tx.execute(&update, &update_params).await.map_err(pg)?;
-                tx.commit().await.map_err(pg)?;
-            }
-            (None, None) => {}
+        params.extend(insert_params);
+        params.extend(update_params);
+        params.push(host.as_uuid());
+        let row = client.query_one(&stmt, &params).await.map_err(pg)?;
+        let alive = row.get::<_, i64>(0) > 0;
+        let missed: Vec<Uuid> = row.get(1);
+        let mut applied = Applied::default();
+        if !inserts.id.is_empty() && !alive {
+            applied
+                .fenced
+                .extend(inserts.id.iter().map(|id| CommandId::from_uuid(*id)));
         }
-        Ok(())
+        if !missed.is_empty() {
+            // Ended already (final: nothing to do), gone, or owned by
+            // another host now: only the last is refused. Read after the
+            // statement, so an adoption that made it skip a row is seen.
+            // (Ownership never comes back to a host that lost it, so a row
+            // still owned here was skipped because it had ended.)
+            let rows = client
+                .query(&self.sql.owner_of, &[&missed])
+                .await
+                .map_err(pg)?;
+            for row in rows {
+                let owner: Option<Uuid> = row.get(1);
+                if owner != Some(*host.as_uuid()) {
+                    applied.fenced.push(CommandId::from_uuid(row.get(0)));
+                }
+            }
+        }
+        Ok(applied)
     }
 
-    async fn client(
+    pub(crate) async fn client(
         &self,
         op: StoreOp,
         id: Option<CommandId>,
@@ -502,7 +515,7 @@ impl PgStore {
     }
 
     /// Runs a statement that returns rows.
-    async fn query(
+    pub(crate) async fn query(
         &self,
         op: StoreOp,
         id: Option<CommandId>,
@@ -524,7 +537,7 @@ impl PgStore {
     }
 
     /// Runs a statement and returns how many rows it changed.
-    async fn execute(
+    pub(crate) async fn execute(
         &self,
         op: StoreOp,
         id: Option<CommandId>,
@@ -545,7 +558,7 @@ impl PgStore {
         .await
     }
 
-    async fn load_many(
+    pub(crate) async fn load_many(
         &self,
         op: StoreOp,
         id: Option<CommandId>,
@@ -596,6 +609,7 @@ impl CommandStore for PgStore {
                     &e.failure_reason,
                     &e.job_id,
                     &e.step_id,
+                    &e.owner.map(|h| *h.as_uuid()),
                 ],
             )
             .await
@@ -779,18 +793,18 @@ impl CommandStore for PgStore {
         })
     }
 
-    fn apply<'a>(&'a self, batch: &'a [Transition]) -> StoreFuture<'a, ()> {
+    fn apply<'a>(&'a self, host: HostId, batch: &'a [Transition]) -> StoreFuture<'a, Applied> {
         Box::pin(async move {
             let id = match batch {
                 [one] => Some(one.command_id()),
                 _ => None,
             };
-            self.bounded(StoreOp::Apply, id, self.apply_batch(batch))
+            self.bounded(StoreOp::Apply, id, self.apply_batch(host, batch))
                 .await
         })
     }
 
-    fn begin_end_transaction(&self) -> LocalStoreFuture<'_, Box<dyn EndTransaction>> {
+    fn begin_end_transaction(&self, host: HostId) -> LocalStoreFuture<'_, Box<dyn EndTransaction>> {
         Box::pin(async move {
             // Waits for a share of the pool, never for the writer's.
             let share = self
@@ -800,73 +814,69 @@ impl CommandStore for PgStore {
                 .await
                 .expect("the semaphore is never closed");
             let client = self.client(StoreOp::Apply, None).await?;
-            let tx = PgTransaction::begin(client, self.sql.clone(), share).await?;
+            let tx = PgTransaction::begin(client, self.sql.clone(), share, host).await?;
             Ok(Box::new(tx) as Box<dyn EndTransaction>)
         })
     }
 
-    /// The lock lives on one connection: a database restart, a failover, an
-    /// idle timeout or a middlebox that drops the connection releases it, and
-    /// another host may then start. Checked with a round trip on that
-    /// connection (bounded by [`HOST_LOCK_CHECK_TIMEOUT`]); when it is gone,
-    /// one attempt is made to take the lock again.
-    fn check_host_lock(&self) -> StoreFuture<'_, HostLock> {
-        Box::pin(async move {
-            let mut held = self.host_lock.lock().await;
-            if let Some(client) = held.as_ref() {
-                let alive = !client.is_closed()
-                    && matches!(
-                        tokio::time::timeout(
-                            HOST_LOCK_CHECK_TIMEOUT,
-                            client.simple_query("SELECT 1")
-                        )
-                        .await,
-                        Ok(Ok(_))
-                    );
-                if alive {
-                    return Ok(HostLock::Held);
-                }
-                // Closing it ends the session (and the lock) on the server
-                // too, if the server still has it.
-                *held = None;
-                tracing::error!(schema = %self.schema.as_str(), "the host lock's connection is gone: this host stops acting until it holds the lock again");
-            }
-            match self.try_host_lock().await {
-                Ok(Some(client)) => {
-                    *held = Some(client);
-                    Ok(HostLock::Reacquired)
-                }
-                Ok(None) => Ok(HostLock::NotHeld),
-                Err(e) if e.is_transient() => Ok(HostLock::NotHeld),
-                Err(e) => Err(e),
-            }
-        })
-    }
-
-    /// Gives the host lock back (its connection is closed).
+    /// Closes the heartbeat's connection.
     fn release(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            if let Some(client) = self.host_lock.lock().await.take() {
-                let _ = client
-                    .execute(
-                        "SELECT pg_advisory_unlock($1, hashtext($2))",
-                        &[&HOST_LOCK_CLASS, &self.schema.as_str()],
-                    )
-                    .await;
-            }
+            drop(self.heartbeat_client.lock().expect("never poisoned").take());
             Ok(())
         })
     }
 
-    /// Applies migrations (unless turned off), then takes the host lock of
-    /// the schema.
+    /// Applies migrations (unless turned off); refuses to run next to a
+    /// coordinator of a single-host version.
     fn prepare(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             if self.run_migrations {
                 crate::migrate::migrate(&self.pool, &self.schema).await?;
             }
-            self.acquire_host_lock().await
+            self.refuse_single_host_versions().await
         })
+    }
+
+    fn join<'a>(&'a self, host: &'a HostInfo) -> StoreFuture<'a, ()> {
+        Box::pin(self.join_host(host))
+    }
+
+    fn heartbeat(&self, host: HostId, live: u64) -> StoreFuture<'_, Option<HostState>> {
+        Box::pin(self.renew_heartbeat(host, live))
+    }
+
+    fn hosts(&self) -> StoreFuture<'_, Vec<HostRecord>> {
+        Box::pin(self.list_hosts())
+    }
+
+    fn declare_dead<'a>(
+        &'a self,
+        by: HostId,
+        observed: &'a [(HostId, DateTime<Utc>)],
+        lease: std::time::Duration,
+    ) -> StoreFuture<'a, Vec<HostId>> {
+        Box::pin(self.declare_hosts_dead(by, observed, lease))
+    }
+
+    fn leave(&self, host: HostId) -> StoreFuture<'_, ()> {
+        Box::pin(self.leave_host(host))
+    }
+
+    fn adopt(&self, host: HostId, max_rows: u32) -> StoreFuture<'_, Vec<CommandId>> {
+        Box::pin(self.adopt_hierarchies(host, max_rows))
+    }
+
+    fn load_owned<'a>(
+        &'a self,
+        host: HostId,
+        roots: Option<&'a [CommandId]>,
+    ) -> StoreFuture<'a, OwnedRows> {
+        Box::pin(self.load_owned_rows(host, roots))
+    }
+
+    fn ended<'a>(&'a self, ids: &'a [CommandId]) -> StoreFuture<'a, Vec<CommandEntity>> {
+        Box::pin(self.ended_rows(ids))
     }
 
     fn request_cancel(&self, id: CommandId) -> StoreFuture<'_, CancelOutcome> {
@@ -1139,6 +1149,7 @@ pub(crate) fn entity_from_row(row: &Row) -> Result<CommandEntity, BadRow> {
             failure_reason: col(row, 15)?,
             job_id: col(row, 16)?,
             step_id: col(row, 17)?,
+            owner: col::<Uuid>(row, 18)?.map(HostId::from_uuid),
         })
     };
     read().map_err(bad)
@@ -1158,7 +1169,7 @@ impl PgStore {
     /// silent connection instead of handing it out again, and the others too:
     /// whatever silenced one (a failover, a hung proxy) most likely silenced
     /// them, and a retry should not spend another timeout on each of them.
-    async fn bounded<T>(
+    pub(crate) async fn bounded<T>(
         &self,
         op: StoreOp,
         id: Option<CommandId>,

@@ -28,7 +28,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::pg_store::{Statements, UpdateColumns, map_pg_error};
 use command_coordinator_actors::{
-    CommandUpdate, EndTransaction, LocalStoreFuture, StoreError, StoreErrorKind, StoreOp,
+    CommandUpdate, EndTransaction, HostId, LocalStoreFuture, StoreError, StoreErrorKind, StoreOp,
 };
 
 /// An open PostgreSQL transaction on a pooled connection of its own.
@@ -43,6 +43,8 @@ pub struct PgTransaction {
     /// This transaction's place among the pool's share for end
     /// transactions (see `PgStore`), given back with it.
     _share: tokio::sync::OwnedSemaphorePermit,
+    /// The host whose ownership the commit checks.
+    host: HostId,
 }
 
 impl PgTransaction {
@@ -50,17 +52,29 @@ impl PgTransaction {
         client: Object,
         sql: Arc<Statements>,
         share: tokio::sync::OwnedSemaphorePermit,
+        host: HostId,
     ) -> Result<Self, StoreError> {
-        client
-            .batch_execute("BEGIN")
-            .await
-            .map_err(|e| map_pg_error(StoreOp::Apply, None, e))?;
-        Ok(Self {
+        let pg = |e| map_pg_error(StoreOp::Apply, None, e);
+        client.batch_execute("BEGIN").await.map_err(pg)?;
+        let tx = Self {
             client: Some(client),
             sql,
             finished: std::cell::Cell::new(false),
             _share: share,
-        })
+            host,
+        };
+        // Named after the host for the transaction's life: a host that
+        // declares this one dead ends such sessions (a paused process keeps
+        // its transaction open, and its row locks, for as long as it is
+        // paused). Dropped without commit, the connection is closed.
+        tx.client()
+            .execute(
+                "SELECT set_config('application_name', $1, true)",
+                &[&crate::pg_hosts::session_name(host)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(tx)
     }
 
     /// The connection, inside the transaction: anything tokio-postgres offers.
@@ -102,28 +116,40 @@ impl EndTransaction for PgTransaction {
                 .client
                 .as_ref()
                 .expect("client present until drop")
-                .prepare_cached(&self.sql.apply_updates)
+                .prepare_cached(&self.sql.end_update)
                 .await
                 .map_err(pg)?;
-            let changed = self
-                .client()
-                .execute(&stmt, &columns.params())
-                .await
-                .map_err(pg)?;
+            let mut params = columns.params().to_vec();
+            params.push(self.host.as_uuid());
+            let changed = self.client().execute(&stmt, &params).await.map_err(pg)?;
             if changed != 1 {
                 // Ended already (an earlier attempt committed, its reply
-                // lost) or gone: this attempt's effects must not be applied.
+                // lost), gone, or adopted by another host: this attempt's
+                // effects must not be applied.
+                let ids = vec![*id.as_uuid()];
+                let owner = self
+                    .client()
+                    .query(&self.sql.owner_of, &[&ids])
+                    .await
+                    .map_err(pg)?
+                    .first()
+                    .and_then(|row| row.get::<_, Option<uuid::Uuid>>(1));
                 self.client().batch_execute("ROLLBACK").await.map_err(pg)?;
                 self.finished.set(true);
-                return Err(StoreError::new(
-                    StoreOp::Apply,
-                    Some(id),
+                let kind = if owner.is_some_and(|o| o != *self.host.as_uuid()) {
+                    StoreErrorKind::Fenced(
+                        "another host owns this command now (this host was declared dead or \
+                         left); the end transaction was rolled back"
+                            .into(),
+                    )
+                } else {
                     StoreErrorKind::Database(
                         "the command already ended (an earlier attempt committed) or its row \
                          is gone; this attempt was rolled back"
                             .into(),
-                    ),
-                ));
+                    )
+                };
+                return Err(StoreError::new(StoreOp::Apply, Some(id), kind));
             }
             self.client().batch_execute("COMMIT").await.map_err(pg)?;
             self.finished.set(true);

@@ -119,7 +119,8 @@ async fn the_runtime_needs_only_dml_rights_once_migrations_ran() {
     db.sql(&format!(
         "CREATE ROLE {role} LOGIN; \
          GRANT USAGE ON SCHEMA {s} TO {role}; \
-         GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.command_entities TO {role};",
+         GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.command_entities, {s}.command_hosts \
+             TO {role};",
         s = schema.quoted()
     ))
     .await;
@@ -161,8 +162,9 @@ async fn a_second_end_attempt_after_an_in_doubt_commit_applies_nothing() {
     let mut entity = CommandEntity::new(id, 1, JsonPayload::encode(&()).unwrap());
     entity.status = CommandStatus::Succeeded;
     entity.executed = true;
+    let host = support::join_host(&db).await;
     db.store
-        .apply(&[Transition::Insert(Box::new(entity))])
+        .apply(host, &[Transition::Insert(Box::new(entity))])
         .await
         .unwrap();
 
@@ -187,7 +189,7 @@ async fn a_second_end_attempt_after_an_in_doubt_commit_applies_nothing() {
         .get(0);
 
     // The second attempt, as the runtime runs it.
-    let tx = db.store.begin_end_transaction().await.unwrap();
+    let tx = db.store.begin_end_transaction(host).await.unwrap();
     let tx: std::rc::Rc<dyn EndTransaction> = tx.into();
     let pg = tx
         .clone()

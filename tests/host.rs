@@ -1,5 +1,5 @@
-//! The host around the commands: a clean shutdown, a host lock that is lost
-//! and taken again, and end transactions that may not starve the writer.
+//! The host around the commands: a clean shutdown that hands the work over, a
+//! lease that runs out and comes back, and end transactions that may not starve the writer.
 
 mod support;
 
@@ -14,9 +14,6 @@ use serde::{Deserialize, Serialize};
 use support::commands::{Behaviour, Job, count, record, tag};
 use support::gates::{open_n, pass, until};
 use support::{builder, fresh_db, within};
-
-/// `pg_advisory_lock`'s first key for the host lock (see `PgStore`).
-const HOST_LOCK_CLASS: i32 = 0x4343_0002;
 
 #[actix::test]
 async fn after_shutdown_nothing_is_accepted_timers_stop_and_a_new_coordinator_takes_over() {
@@ -50,10 +47,9 @@ async fn after_shutdown_nothing_is_accepted_timers_stop_and_a_new_coordinator_ta
     actix::clock::sleep(quiet_window(period)).await;
     assert_eq!(count(&t, "poll:stuck"), polls, "polled after shutdown");
 
-    // The host lock was released: a new coordinator on the schema, in this
-    // process, starts at once and runs what was left.
-    let store = PgStore::new(db.pool.clone(), db.config.schema().clone())
-        .with_host_lock_wait(Duration::from_millis(500));
+    // The host left: a new coordinator on the schema, in this process,
+    // adopts what was left at once (no lease to wait for).
+    let store = PgStore::new(db.pool.clone(), db.config.schema().clone());
     let began = Instant::now();
     let second = support::builder_over(store).start().await.unwrap();
     assert!(began.elapsed() < Duration::from_secs(5));
@@ -108,83 +104,47 @@ impl Command for Held {
 }
 
 #[actix::test]
-async fn a_host_that_loses_its_lock_stops_acting_until_it_holds_it_again_then_rebuilds() {
+async fn a_host_whose_lease_runs_out_stops_acting_until_it_has_heartbeats_again_then_rebuilds() {
     let db = fresh_db().await;
-    let co = builder(&db)
-        .register::<Held>()
-        .host_check_interval(Duration::from_millis(100))
-        .start()
-        .await
-        .unwrap();
+    let co = builder(&db).register::<Held>().start().await.unwrap();
     let t = tag();
     let id = co.submit(Held { tag: t.clone() }).await.unwrap();
     until("the command is polled", || count(&t, "poll") >= 1).await;
     let period = poll_period(|| count(&t, "poll")).await;
     assert!(co.is_acting());
 
-    // Another host queues for the lock; the lock's connection dies (a
-    // restart, a failover, a middlebox): the other host has it at once.
-    let schema = db.config.schema().as_str().to_owned();
-    let other = db.pool.get().await.unwrap();
-    let other_pid: i32 = other
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let taken = actix::spawn({
-        let schema = schema.clone();
-        async move {
-            other
-                .execute(
-                    "SELECT pg_advisory_lock($1, hashtext($2))",
-                    &[&HOST_LOCK_CLASS, &schema],
-                )
-                .await
-                .unwrap();
-            other
-        }
-    });
-    let killer = db.pool.get().await.unwrap();
-    until_sql(&killer, "the other host waits for the lock", other_pid).await;
-    let killed: i64 = killer
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
-             WHERE locktype = 'advisory' AND granted AND classid = $1::int8::oid \
-               AND objid = (hashtext($2)::int8 & 4294967295)::oid \
-               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[&(HOST_LOCK_CLASS as i64), &schema],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(killed, 1, "the host lock's connection");
-    let other = within("the other host takes the lock", taken)
-        .await
-        .unwrap();
+    // The host's row in the registry is locked: its heartbeats wait, and
+    // none is acknowledged (a stalled database, a network that drops
+    // them).
+    let hosts = format!("{}.command_hosts", db.config.schema().quoted());
+    let mut blocker = db.pool.get().await.unwrap();
+    let tx = blocker.transaction().await.unwrap();
+    tx.execute(
+        &format!("SELECT 1 FROM {hosts} WHERE host_id = $1 FOR UPDATE"),
+        &[co.host_id().as_uuid()],
+    )
+    .await
+    .unwrap();
+    let watcher = db.pool.get().await.unwrap();
+    until_sql(&watcher, "a heartbeat waits for the row", "command_hosts").await;
 
-    // This host notices and stops acting.
+    // The lease runs out: the host stops acting.
     until("the host stops acting", || !co.is_acting()).await;
-    // The command could now succeed; a host without its lock must not take
-    // the step (the other host may be running it).
+    // The command could now succeed; a host without a lease must not take
+    // the step (another host may be running it).
     RELEASED.store(true, Ordering::Release);
     let polls = count(&t, "poll");
     actix::clock::sleep(quiet_window(period)).await;
-    assert_eq!(count(&t, "poll"), polls, "polled without the lock");
-    assert_eq!(count(&t, "end"), 0, "ended without the lock");
+    assert_eq!(count(&t, "poll"), polls, "polled without a lease");
+    assert_eq!(count(&t, "end"), 0, "ended without a lease");
     assert_eq!(
         db.store.get(id).await.unwrap().unwrap().status,
         CommandStatus::Active
     );
 
-    // The other host goes away: this one takes the lock again, rebuilds
-    // the command from its row, and ends it once.
-    other
-        .execute(
-            "SELECT pg_advisory_unlock($1, hashtext($2))",
-            &[&HOST_LOCK_CLASS, &schema],
-        )
-        .await
-        .unwrap();
+    // Heartbeats go through again: the host rebuilds the command from its
+    // row, and ends it once.
+    tx.rollback().await.unwrap();
     until("the host acts again", || co.is_acting()).await;
     let outcome = within("the rebuilt command", co.wait_for(id))
         .await
@@ -209,15 +169,16 @@ fn quiet_window(period: Duration) -> Duration {
     (period * 10).max(Duration::from_millis(300))
 }
 
-/// Waits until the backend `pid` waits for a lock.
-async fn until_sql(client: &deadpool_postgres::Object, what: &str, pid: i32) {
+/// Waits until a statement on `table` waits for a lock.
+async fn until_sql(client: &deadpool_postgres::Object, what: &str, table: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let pattern = format!("%{table}%");
     loop {
         let waiting: bool = client
             .query_one(
                 "SELECT coalesce(bool_or(wait_event_type = 'Lock'), false) \
-                 FROM pg_stat_activity WHERE pid = $1",
-                &[&pid],
+                 FROM pg_stat_activity WHERE query LIKE $1 AND pid <> pg_backend_pid()",
+                &[&pattern],
             )
             .await
             .unwrap()

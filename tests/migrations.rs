@@ -56,6 +56,9 @@ async fn the_table_has_every_seed_column_with_its_type() {
         ("updated_at", "timestamp with time zone", None, "NO"),
         ("ended_at", "timestamp with time zone", None, "YES"),
         ("failure_reason", "text", None, "YES"),
+        // V6: ownership.
+        ("owner_host", "uuid", None, "YES"),
+        ("owner_epoch", "integer", None, "NO"),
         (
             "cancel_requested_at",
             "timestamp with time zone",
@@ -93,6 +96,7 @@ async fn the_table_has_every_seed_column_with_its_type() {
     assert!(def("pk_command_entities").contains("UNIQUE"));
     assert!(def("idx_root_command_id").contains("WHERE (root_command_id IS NOT NULL)"));
     assert!(def("idx_parent_command_id").contains("(parent_command_id)"));
+    assert!(def("idx_command_entities_owned").contains("(owner_host, created_at)"));
 }
 
 #[actix::test]

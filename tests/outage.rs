@@ -685,3 +685,99 @@ fn starting_while_the_database_is_down_fails_fast_and_clearly() {
         assert!(outcome.succeeded(), "{outcome:?}");
     });
 }
+
+/// (f) Two hosts on one schema; the server stays down for three leases:
+/// both stop acting when their lease runs out, neither declares the other
+/// dead when the database is back (each needs a full lease of its own
+/// heartbeats before it judges anyone, and by then the other has renewed
+/// its own), nothing is adopted, and every command finishes once, on the
+/// host that ran it.
+#[test]
+fn an_outage_longer_than_the_lease_stops_both_hosts_and_neither_adopts_the_other() {
+    with_private_postgres(|server| async move {
+        let lease = Duration::from_secs(2);
+        let config = server.config();
+        let (first, pool, effects) = start(
+            &config,
+            Duration::from_millis(50),
+            Duration::from_millis(200),
+        )
+        .await;
+        // `start` gave the first host the default lease; both get a short
+        // one here.
+        first.shutdown().await;
+        let host = |name: &'static str| {
+            Coordinator::builder(PgStore::new(pool.clone(), config.schema().clone()))
+                .register::<Timed>()
+                .register::<Group>()
+                .poll_interval(Duration::from_millis(20))
+                .max_poll_interval(Duration::from_millis(200))
+                .end_retry_delay(Duration::from_millis(50))
+                .lease(lease)
+                .heartbeat_interval(Duration::from_millis(200))
+                .host_check_interval(Duration::from_millis(100))
+                .host_name(name)
+                .start()
+        };
+        let a = host("a").await.expect("host a");
+        let b = host("b").await.expect("host b");
+        let table = format!("{}.command_entities", config.schema().quoted());
+        let hosts = format!("{}.command_hosts", config.schema().quoted());
+        let mut running = workload(&a, &effects);
+        running.extend(workload(&b, &effects));
+        for co in [&a, &b] {
+            within("work on both hosts", Duration::from_secs(30), async {
+                while co.live_count().await.unwrap() == 0 {
+                    actix::clock::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+        }
+
+        server.stop().await;
+        let down = Instant::now();
+        within("both hosts stop acting", lease * 3, async {
+            while a.is_acting() || b.is_acting() {
+                actix::clock::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        let stopped_after = down.elapsed();
+        // Down for three leases in all.
+        actix::clock::sleep((lease * 3).saturating_sub(down.elapsed())).await;
+        server.start().await;
+        within("both hosts act again", Duration::from_secs(30), async {
+            while !(a.is_acting() && b.is_acting()) {
+                actix::clock::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        println!(
+            "outage of {:?}: both hosts stopped acting after {stopped_after:?}",
+            lease * 3
+        );
+        expect_outcomes(running).await;
+        expect_one_effect_each(&pool, &table, &effects, 104).await;
+        let client = pool.get().await.unwrap();
+        let dead: i64 = client
+            .query_one(
+                &format!("SELECT count(*) FROM {hosts} WHERE state = 'dead'"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(dead, 0, "a host was declared dead because of the outage");
+        let moved: i64 = client
+            .query_one(
+                &format!("SELECT count(*) FROM {table} WHERE owner_epoch > 1"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(moved, 0, "rows were adopted because of the outage");
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+}

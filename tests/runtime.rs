@@ -516,22 +516,20 @@ async fn a_thousand_parents_with_ten_children_each_end_exactly_once() {
 }
 
 #[actix::test]
-async fn a_second_coordinator_on_the_same_schema_refuses_to_start() {
+async fn a_coordinator_of_a_single_host_version_keeps_a_new_host_from_starting() {
     let db = fresh_db().await;
-    let _first = builder(&db).start().await.unwrap();
-    // Another "host": its own pool and store on the same schema.
-    let other_store = command_coordinator::PgStore::new(
-        db.config.create_pool().unwrap(),
-        db.config.schema().clone(),
+    // What versions before V6 held on their schema while running.
+    let old = db.pool.get().await.unwrap();
+    old.execute(
+        "SELECT pg_advisory_lock($1, hashtext($2))",
+        &[&0x4343_0002_i32, &db.config.schema().as_str()],
     )
-    .with_host_lock_wait(Duration::from_millis(300));
-    let err = command_coordinator::Coordinator::builder(other_store)
-        .register::<Job>()
-        .start()
-        .await
-        .unwrap_err();
+    .await
+    .unwrap();
+    let err = builder(&db).start().await.unwrap_err();
     assert!(
-        err.to_string().contains("another coordinator is running"),
+        err.to_string()
+            .contains("older version (one host per schema)"),
         "{err}"
     );
 }

@@ -117,6 +117,7 @@ async fn a_black_holed_connection_fails_a_write_within_the_query_timeout_then_re
 #[actix::test]
 async fn a_writer_batch_gives_up_once_and_its_retry_does_not_meet_another_dead_connection() {
     let db = fresh_db().await;
+    let host = support::join_host(&db).await;
     let (proxy, store) = store_through_proxy(&db, 3).await;
     // Three idle connections in the pool, all of which will go silent.
     {
@@ -139,7 +140,7 @@ async fn a_writer_batch_gives_up_once_and_its_retry_does_not_meet_another_dead_c
     let batch = vec![Transition::Insert(Box::new(command()))];
     let (result, took) = timed(
         "a writer batch on a black-holed connection",
-        store.apply(&batch),
+        store.apply(host, &batch),
     )
     .await;
     assert!(result.expect_err("no answer").is_transient());
@@ -153,7 +154,7 @@ async fn a_writer_batch_gives_up_once_and_its_retry_does_not_meet_another_dead_c
 
     // The writer's retry, once the network is back, commits at once.
     proxy.forward();
-    let (result, took) = timed("the retried batch", store.apply(&batch)).await;
+    let (result, took) = timed("the retried batch", store.apply(host, &batch)).await;
     result.expect("the retry commits");
     assert!(
         took < QUERY_TIMEOUT,

@@ -334,7 +334,7 @@ impl CommandContext {
                 let tx: Rc<dyn EndTransaction> = self
                     .coordinator
                     .store()
-                    .begin_end_transaction()
+                    .begin_end_transaction(self.coordinator.host_id())
                     .await
                     .map_err(|e| {
                         self.store_unavailable.set(e.is_transient());

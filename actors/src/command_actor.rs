@@ -268,6 +268,7 @@ impl<C: Command> CommandActor<C> {
                     let result = result.map_err(|e| EndCommitError {
                         error: e.to_string(),
                         transient: e.is_transient(),
+                        fenced: e.is_fenced(),
                     });
                     act.step(ctx, Input::EndCommitted(result), None);
                 }));

@@ -37,9 +37,43 @@ pub const DEFAULT_CLEANUP_PAUSE: Duration = Duration::from_millis(2);
 /// (by the CLI or another process); `Coordinator::cancel` acts at once.
 pub const DEFAULT_CANCEL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How often a host verifies that it still holds its host lock (and tries
-/// to take it again when it lost it).
-pub const DEFAULT_HOST_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a host reads the registry of hosts: whether its lease still
+/// runs, who stands still, what to adopt. Cheap (a small table).
+pub const DEFAULT_HOST_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often a host renews its heartbeat, on a connection of its own.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The lease: a host whose heartbeats have not been acknowledged for this
+/// long stops writing (on its own monotonic clock), and other hosts may
+/// declare it dead once its heartbeat is this old on the database's clock.
+/// Recovery after a crash waits about this long; a shorter lease declares
+/// hosts dead that were only slow (a long GC, a stalled disk, a failover
+/// of the database). See docs/operations.md, "Picking the lease".
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+/// Unfinished rows picked per adoption statement (`FOR UPDATE SKIP
+/// LOCKED`; each brings its whole hierarchy): several hosts adopting at once
+/// share the work in such slices.
+pub const DEFAULT_ADOPT_BATCH: u32 = 500;
+
+/// How often the ends of commands that run on another host are looked for
+/// (for `wait_for` and `execute` on a host that does not run them), while
+/// there are such waiters.
+pub const DEFAULT_REMOTE_WAIT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What a host does when it finds itself declared dead (it was paused or
+/// cut off for longer than the lease, and its hierarchies were adopted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDeclaredDead {
+    /// Stop every command at once and join again under a new host id (the
+    /// default): the process keeps serving, and adopts work like any other.
+    Rejoin,
+    /// Stop every command and stay stopped (`Coordinator::is_acting` is
+    /// false from then on): for hosts that prefer to exit and be restarted
+    /// by their supervisor.
+    Stop,
+}
 
 /// What happens to a root's hierarchy when the root ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,8 +117,20 @@ pub struct RuntimeConfig {
     pub max_restarts: u32,
     pub on_root_end: OnRootEnd,
     pub cancel_check_interval: Duration,
-    /// How often the host lock is verified ([`DEFAULT_HOST_CHECK_INTERVAL`]).
+    /// How often the registry of hosts is read ([`DEFAULT_HOST_CHECK_INTERVAL`]).
     pub host_check_interval: Duration,
+    /// ([`DEFAULT_HEARTBEAT_INTERVAL`])
+    pub heartbeat_interval: Duration,
+    /// ([`DEFAULT_LEASE`])
+    pub lease: Duration,
+    /// ([`DEFAULT_ADOPT_BATCH`])
+    pub adopt_batch: u32,
+    /// ([`DEFAULT_REMOTE_WAIT_INTERVAL`])
+    pub remote_wait_interval: Duration,
+    /// What operators see in the registry; the machine's name (`HOSTNAME`)
+    /// when `None`.
+    pub host_name: Option<String>,
+    pub on_declared_dead: OnDeclaredDead,
     pub cleanup: CleanupConfig,
     pub writer: WriterConfig,
 }
@@ -101,6 +147,12 @@ impl Default for RuntimeConfig {
             on_root_end: OnRootEnd::KeepForCleanup,
             cancel_check_interval: DEFAULT_CANCEL_CHECK_INTERVAL,
             host_check_interval: DEFAULT_HOST_CHECK_INTERVAL,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            lease: DEFAULT_LEASE,
+            adopt_batch: DEFAULT_ADOPT_BATCH,
+            remote_wait_interval: DEFAULT_REMOTE_WAIT_INTERVAL,
+            host_name: None,
+            on_declared_dead: OnDeclaredDead::Rejoin,
             cleanup: CleanupConfig::default(),
             writer: WriterConfig::default(),
         }
@@ -117,7 +169,28 @@ pub const MAX_SPAN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// before the end reached it would be dropped.
 pub const MIN_RETENTION: Duration = Duration::from_secs(60);
 
+/// Shortest heartbeat interval: each is a write on the database.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest host name kept.
+pub const MAX_HOST_NAME_CHARS: usize = 200;
+
 impl RuntimeConfig {
+    /// The host name to register: the configured one, else the machine's.
+    pub fn effective_host_name(&self) -> String {
+        self.host_name.clone().unwrap_or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .or_else(|| {
+                    std::fs::read_to_string("/etc/hostname")
+                        .ok()
+                        .map(|h| h.trim().to_owned())
+                        .filter(|h| !h.is_empty())
+                })
+                .unwrap_or_else(|| "host".to_owned())
+        })
+    }
+
     /// Checks the settings; the message says which one is wrong and why.
     pub fn validate(&self) -> Result<(), String> {
         if self.poll_interval.is_zero() {
@@ -135,6 +208,13 @@ impl RuntimeConfig {
             (
                 "host_check_interval",
                 self.host_check_interval,
+                MAX_INTERVAL,
+            ),
+            ("heartbeat_interval", self.heartbeat_interval, MAX_INTERVAL),
+            ("lease", self.lease, MAX_INTERVAL),
+            (
+                "remote_wait_interval",
+                self.remote_wait_interval,
                 MAX_INTERVAL,
             ),
             ("cleanup interval", self.cleanup.interval, MAX_INTERVAL),
@@ -170,6 +250,40 @@ impl RuntimeConfig {
         }
         if self.host_check_interval.is_zero() {
             return Err("host_check_interval must be greater than zero".into());
+        }
+        if self.heartbeat_interval < MIN_HEARTBEAT_INTERVAL {
+            return Err(format!(
+                "heartbeat_interval ({:?}) must be at least {MIN_HEARTBEAT_INTERVAL:?}",
+                self.heartbeat_interval
+            ));
+        }
+        // Two missed heartbeats must not cost the lease: a host is declared
+        // dead only after it missed several.
+        if self.lease < self.heartbeat_interval * 3 {
+            return Err(format!(
+                "lease ({:?}) must be at least three heartbeat intervals ({:?})",
+                self.lease,
+                self.heartbeat_interval * 3
+            ));
+        }
+        if self.host_check_interval > self.lease {
+            return Err(format!(
+                "host_check_interval ({:?}) must not be longer than the lease ({:?})",
+                self.host_check_interval, self.lease
+            ));
+        }
+        if self.remote_wait_interval.is_zero() {
+            return Err("remote_wait_interval must be greater than zero".into());
+        }
+        if self.adopt_batch == 0 {
+            return Err("adopt_batch must be at least 1".into());
+        }
+        if let Some(name) = &self.host_name
+            && (name.is_empty() || name.chars().count() > MAX_HOST_NAME_CHARS)
+        {
+            return Err(format!(
+                "host_name must have 1 to {MAX_HOST_NAME_CHARS} characters"
+            ));
         }
         if self.cleanup.interval.is_zero() {
             return Err("cleanup interval must be greater than zero".into());

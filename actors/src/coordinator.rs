@@ -9,11 +9,14 @@
 //!
 //! Start-up order (one order, so no recursion or deadlock between
 //! coordinator and store, oVirt 024f3216eaa / 8f487931740): configuration
-//! validated → store prepared (migrations, host lock) → writer started →
-//! cleanup and coordinator actors started → unfinished rows loaded → every
-//! actor of every hierarchy created in one step → handle returned. (The
-//! cleanup actor's first pass comes one interval later, and it never touches a
-//! hierarchy with a command not ended, so starting it first is harmless.)
+//! validated → store prepared (migrations) → host registered, first
+//! heartbeat, heartbeat thread started → writer started → cleanup and
+//! coordinator actors started → hierarchies no live host owns adopted and
+//! loaded → every actor of every hierarchy created in one step → handle
+//! returned. (The cleanup actor's first pass comes one interval later, and it
+//! never touches a hierarchy with a command not ended, so starting it first
+//! is harmless.) Hierarchies of hosts that died are adopted later, by the
+//! host tick, once their lease ran out.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -29,11 +32,14 @@ use crate::command::{ChildView, Command};
 use crate::command_actor::{ActorSetup, LiveAddr, StartKind};
 use crate::config::{OnRootEnd, RuntimeConfig};
 use crate::fence::Fence;
+use crate::heartbeat::{Heartbeat, HeartbeatThread};
+use crate::hosts::{HostId, HostInfo, OwnedRows};
+use crate::membership::Membership;
 use crate::messages::{ChildCompleted, Finished, Inspect};
 use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
 use crate::poll_timers::PollTimers;
 use crate::registry::Registry;
-use crate::store::{BadRow, CancelOutcome, CommandStore, HostLock, StoreError, Transition};
+use crate::store::{BadRow, CancelOutcome, CommandStore, StoreError, Transition};
 use crate::writer::{OnCommit, StoreWriter};
 
 /// Why a coordinator call failed.
@@ -58,9 +64,10 @@ pub enum CoordinatorError {
     /// No command has this id.
     #[error("command {0} does not exist")]
     NotFound(CommandId),
-    /// The command exists and has not ended, but this host does not run it
-    /// (its row could not be rebuilt at start-up: see the logs for its id).
-    #[error("command {0} has not ended and is not running in this host")]
+    /// The command exists, has not ended, and belongs to this host, which
+    /// does not run it: its row could not be rebuilt (see the logs for its
+    /// id; `command-coordinator fail` ends such rows).
+    #[error("command {0} has not ended and this host, which owns it, cannot run it")]
     NotRunning(CommandId),
     /// The coordinator has shut down.
     #[error("the coordinator has stopped")]
@@ -137,6 +144,15 @@ impl Outcome<JsonPayload> {
         })
     }
 
+    fn from_entity(e: CommandEntity) -> Self {
+        Outcome {
+            id: e.id,
+            status: e.status,
+            output: e.return_value,
+            failure_reason: e.failure_reason,
+        }
+    }
+
     fn from_finished(f: &Finished) -> Self {
         Outcome {
             id: f.id,
@@ -163,8 +179,10 @@ struct Shared {
     store: Arc<dyn CommandStore>,
     registry: Registry,
     config: RuntimeConfig,
-    /// Whether this host holds its lock, and its epoch (see [`Fence`]).
+    /// Whether this host may act, its id and its epoch (see [`Fence`]).
     fence: Arc<Fence>,
+    heartbeat: Arc<Heartbeat>,
+    heartbeat_thread: std::sync::Mutex<Option<HeartbeatThread>>,
     /// Set by [`Coordinator::shutdown`]: nothing new is accepted or started.
     stopped: std::sync::atomic::AtomicBool,
 }
@@ -277,13 +295,23 @@ impl Coordinator {
         // Not live here: the store knows.
         match self.shared.store.get(id).await? {
             None => Err(CoordinatorError::NotFound(id)),
-            Some(e) if e.status.is_ended() => Ok(Outcome {
-                id,
-                status: e.status,
-                output: e.return_value,
-                failure_reason: e.failure_reason,
-            }),
-            Some(_) => Err(CoordinatorError::NotRunning(id)),
+            Some(e) if e.status.is_ended() => Ok(Outcome::from_entity(e)),
+            // This host owns it and does not run it: its row could not be
+            // rebuilt (see the logs); waiting would be forever.
+            Some(e) if e.owner == Some(self.shared.fence.host()) => {
+                Err(CoordinatorError::NotRunning(id))
+            }
+            Some(_) => {
+                // Runs on another host (or waits to be adopted): its end
+                // is looked for in the store every remote_wait_interval.
+                let (tx, rx) = oneshot::channel();
+                self.shared
+                    .addr
+                    .send(WaitRemote { id, tx })
+                    .await
+                    .map_err(|_| CoordinatorError::Stopped)?;
+                rx.await.map_err(|_| CoordinatorError::Stopped)
+            }
         }
     }
 
@@ -356,10 +384,11 @@ impl Coordinator {
     /// `wait_for` answer [`CoordinatorError::Stopped`] and no command takes
     /// another step; timers and intervals stop; the status changes already
     /// handed to the writer are committed (waiting at most
-    /// [`SHUTDOWN_WRITE_WAIT`] for the database); the host lock is released,
-    /// so that a new coordinator can start on the schema, in this process or
-    /// another. Whatever was still running is picked up from the database at
-    /// the next start. Calling it again does nothing.
+    /// [`SHUTDOWN_WRITE_WAIT`] for the database); the heartbeat stops. The
+    /// host is then marked as leaving, so that the other hosts
+    /// adopt its unfinished hierarchies at once (within their
+    /// `host_check_interval`) instead of after its lease; with no other host,
+    /// the next one to start adopts them. Calling it again does nothing.
     pub async fn shutdown(&self) {
         use std::sync::atomic::Ordering;
         if self.shared.stopped.swap(true, Ordering::AcqRel) {
@@ -371,18 +400,45 @@ impl Coordinator {
             .await
             .is_err()
         {
-            warn!(waited = ?SHUTDOWN_WRITE_WAIT, "shutdown: queued writes not committed (database unreachable); they are redone from the rows at the next start");
+            warn!(waited = ?SHUTDOWN_WRITE_WAIT, "shutdown: queued writes not committed (database unreachable); they are redone from the rows by the host that adopts them");
+        }
+        let host = self.shared.fence.host();
+        match actix::clock::timeout(SHUTDOWN_WRITE_WAIT, self.shared.store.leave(host)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "shutdown: could not mark this host as leaving; its hierarchies are adopted once its lease ran out")
+            }
+            Err(_) => {
+                warn!(
+                    "shutdown: the database did not answer; this host's hierarchies are adopted once its lease ran out"
+                )
+            }
+        }
+        if let Some(mut thread) = self
+            .shared
+            .heartbeat_thread
+            .lock()
+            .expect("never poisoned")
+            .take()
+        {
+            thread.stop();
         }
         if let Err(e) = self.shared.store.release().await {
-            warn!(error = %e, "shutdown: could not release the host lock; it goes with the connection");
+            warn!(error = %e, "shutdown: could not close the heartbeat connection");
         }
-        info!("coordinator shut down: pending writes committed, host lock released");
+        info!(host = %host, "coordinator shut down: pending writes committed, hierarchies handed over");
     }
 
-    /// True while this coordinator may act: it holds the host lock (a
-    /// lost lock is looked for every [`RuntimeConfig::host_check_interval`])
-    /// and was not shut down. For health checks: a coordinator that is not
-    /// acting runs nothing until it holds the lock again.
+    /// This host's id in the registry (`command-coordinator hosts`); a new
+    /// one after the host was declared dead and rejoined.
+    pub fn host_id(&self) -> HostId {
+        self.shared.fence.host()
+    }
+
+    /// True while this coordinator may act: its lease runs (its heartbeats
+    /// are acknowledged), it was not declared dead, and it was not shut
+    /// down. For health checks: a coordinator that is not acting runs
+    /// nothing until it has heartbeats again.
     pub fn is_acting(&self) -> bool {
         !self
             .shared
@@ -400,7 +456,7 @@ impl Coordinator {
             .load(std::sync::atomic::Ordering::Acquire)
             && match self.epoch {
                 Some(epoch) => self.shared.fence.allows(epoch),
-                None => self.shared.fence.acting(),
+                None => !self.shared.fence.is_closed(),
             }
     }
 
@@ -573,10 +629,35 @@ impl CoordinatorBuilder {
         self
     }
 
-    /// How often the host lock is verified (default 2 s): a host that lost
-    /// it stops acting within this time.
+    /// How often the registry of hosts is read (default 1 s): to notice a
+    /// lost lease, declare dead hosts, and adopt hierarchies.
     pub fn host_check_interval(mut self, interval: std::time::Duration) -> Self {
         self.config.host_check_interval = interval;
+        self
+    }
+
+    /// How often this host renews its heartbeat (default 2 s).
+    pub fn heartbeat_interval(mut self, interval: std::time::Duration) -> Self {
+        self.config.heartbeat_interval = interval;
+        self
+    }
+
+    /// The lease (default 10 s, [`crate::config::DEFAULT_LEASE`]): see
+    /// docs/operations.md, "Picking the lease".
+    pub fn lease(mut self, lease: std::time::Duration) -> Self {
+        self.config.lease = lease;
+        self
+    }
+
+    /// The name operators see for this host (default: the machine's name).
+    pub fn host_name(mut self, name: impl Into<String>) -> Self {
+        self.config.host_name = Some(name.into());
+        self
+    }
+
+    /// What this host does when it finds itself declared dead.
+    pub fn on_declared_dead(mut self, on_dead: crate::config::OnDeclaredDead) -> Self {
+        self.config.on_declared_dead = on_dead;
         self
     }
 
@@ -643,7 +724,42 @@ impl CoordinatorBuilder {
         }
         self.config.validate().map_err(StartError::InvalidConfig)?;
         self.store.prepare().await?;
-        let fence = Arc::new(Fence::default());
+        let host = HostInfo {
+            id: HostId::new(),
+            name: self.config.effective_host_name(),
+            pid: std::process::id(),
+        };
+        self.store.join(&host).await?;
+        let fence = Arc::new(Fence::new(host.id));
+        let heartbeat = Heartbeat::new(host.id);
+        // The first heartbeat before anything runs: the lease starts here.
+        let sent = std::time::Instant::now();
+        match self.store.heartbeat(host.id, 0).await? {
+            Some(crate::hosts::HostState::Alive) => {
+                fence.extend_lease(sent, self.config.lease);
+                heartbeat.lock().streak_since = Some(sent);
+            }
+            state => {
+                return Err(StartError::Store(StoreError::new(
+                    crate::store::StoreOp::Hosts,
+                    None,
+                    crate::store::StoreErrorKind::Database(
+                        format!("this host was not alive right after joining ({state:?})").into(),
+                    ),
+                )));
+            }
+        }
+        let heartbeat_thread = HeartbeatThread::start(
+            self.store.clone(),
+            fence.clone(),
+            heartbeat.clone(),
+            self.config.heartbeat_interval,
+            self.config.lease,
+        )
+        .map_err(|e| {
+            StartError::InvalidConfig(format!("cannot start the heartbeat thread: {e}"))
+        })?;
+        info!(host = %host.id, name = %host.name, "host joined");
         let writer = StoreWriter::start(
             self.store.clone(),
             self.config.writer.clone(),
@@ -666,6 +782,8 @@ impl CoordinatorBuilder {
             registry: self.registry,
             config: self.config,
             fence,
+            heartbeat,
+            heartbeat_thread: std::sync::Mutex::new(Some(heartbeat_thread)),
             stopped: Default::default(),
         });
         let coordinator = Coordinator {
@@ -679,36 +797,53 @@ impl CoordinatorBuilder {
             waiters: HashMap::new(),
             cancelled: HashSet::new(),
             checking_cancellations: false,
-            checking_host_lock: false,
+            checking_hosts: false,
+            checking_remote: false,
+            paused: false,
+            held_polls: Vec::new(),
+            membership: Membership::new(
+                coordinator.shared.config.lease,
+                coordinator.shared.config.heartbeat_interval,
+            ),
             timers: PollTimers::new(),
         });
 
-        let rehydrate = Rehydrate::load(&*self.store).await?;
+        // What no live host owns (hierarchies of hosts that shut down, rows
+        // without an owner) is this host's at once; those of hosts that
+        // died follow once their lease ran out (the host tick).
+        let batch = coordinator.shared.config.adopt_batch;
+        let mut adopted = 0;
+        loop {
+            let roots = self.store.adopt(host.id, batch).await?;
+            if roots.is_empty() {
+                break;
+            }
+            adopted += roots.len();
+        }
+        if adopted > 0 {
+            metrics::counter!(crate::metrics::ADOPTED_HIERARCHIES).increment(adopted as u64);
+        }
+        let rehydrate = Rehydrate::new(self.store.load_owned(host.id, None).await?, None);
         let count = rehydrate.entities.len();
         addr.send(rehydrate)
             .await
             .map_err(|_| StartError::Stopped)?;
-        info!(unfinished = count, "coordinator started");
+        info!(host = %host.id, adopted_hierarchies = adopted, unfinished = count, "coordinator started");
         Ok(coordinator)
     }
 }
 
 impl Rehydrate {
-    /// Reads every unfinished command and what it needs, as start-up (and
-    /// a host that took its lock again) rebuilds them.
-    async fn load(store: &dyn CommandStore) -> Result<Self, StoreError> {
-        // Cancellations requested while no host ran are honoured before any
-        // rebuilt command takes a step.
-        let cancel_requested = store.cancel_requested().await?;
-        let loaded = store.commands_with_callback_enabled().await?;
-        let children = store.children_of_unfinished().await?;
-        Ok(Rehydrate {
-            entities: loaded.entities,
-            bad_rows: loaded.bad_rows,
-            children,
-            cancel_requested,
-            reopen: false,
-        })
+    /// What a host rebuilds from `rows`; `reopen`: a rebuild of everything
+    /// in a new epoch, under this host id.
+    fn new(rows: OwnedRows, reopen: Option<HostId>) -> Self {
+        Rehydrate {
+            entities: rows.unfinished.entities,
+            bad_rows: rows.unfinished.bad_rows,
+            children: rows.children,
+            cancel_requested: rows.cancel_requested,
+            reopen,
+        }
     }
 }
 
@@ -738,8 +873,18 @@ pub(crate) struct CoordinatorActor {
     /// A cancellation check is in flight: ticks do not pile up behind a slow
     /// database.
     checking_cancellations: bool,
-    /// A host lock check is in flight.
-    checking_host_lock: bool,
+    /// A host check is in flight.
+    checking_hosts: bool,
+    /// A look for the ends of commands waited for here and run elsewhere
+    /// is in flight.
+    checking_remote: bool,
+    /// Which other hosts may be declared dead.
+    membership: Membership,
+    /// The lease ran out (and the host was not declared dead): no poll is
+    /// delivered until it runs again.
+    paused: bool,
+    /// Polls that came due while paused.
+    held_polls: Vec<(CommandId, u32)>,
     /// Every live command's next poll.
     timers: PollTimers,
 }
@@ -751,7 +896,9 @@ impl Actor for CoordinatorActor {
         let every = self.handle.shared.config.cancel_check_interval;
         ctx.run_interval(every, |_, ctx| ctx.notify(CheckCancellations));
         let every = self.handle.shared.config.host_check_interval;
-        ctx.run_interval(every, |_, ctx| ctx.notify(CheckHostLock));
+        ctx.run_interval(every, |_, ctx| ctx.notify(CheckHosts));
+        let every = self.handle.shared.config.remote_wait_interval;
+        ctx.run_interval(every, |_, ctx| ctx.notify(CheckRemoteWaits));
         self.drive_polls(ctx);
     }
 }
@@ -774,72 +921,281 @@ impl Handler<StopCoordinator> for CoordinatorActor {
     }
 }
 
-/// Verify the host lock; on its loss, stop acting; when it is held again,
-/// rebuild every command from the database.
+/// The host tick: notice a lost lease or a declaration of death (stop
+/// acting; rebuild or rejoin when possible), declare dead the hosts that
+/// stand still, adopt what no live host owns.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct CheckHostLock;
+struct CheckHosts;
 
-impl Handler<CheckHostLock> for CoordinatorActor {
+/// Most adoption statements per host tick: the tick stays short, and other
+/// hosts get their share of a large orphaned backlog.
+const ADOPT_SLICES_PER_TICK: usize = 20;
+
+impl Handler<CheckHosts> for CoordinatorActor {
     type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _: CheckHostLock, _: &mut Self::Context) -> Self::Result {
-        if self.checking_host_lock {
-            return Box::pin(actix::fut::ready(()));
+    fn handle(&mut self, _: CheckHosts, ctx: &mut Self::Context) -> Self::Result {
+        let done = || -> Self::Result { Box::pin(actix::fut::ready(())) };
+        if self.checking_hosts
+            || self
+                .handle
+                .shared
+                .stopped
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return done();
         }
-        self.checking_host_lock = true;
-        let store = self.handle.shared.store.clone();
-        Box::pin(
-            async move {
-                match store.check_host_lock().await {
-                    Ok(HostLock::Reacquired) => match Rehydrate::load(&*store).await {
-                        Ok(rehydrate) => (HostLock::Reacquired, Some(rehydrate)),
-                        Err(e) => {
-                            error!(error = %e, "host lock held again, but the commands cannot be read; will retry");
-                            // The lock is held, the rebuild is not done: try again.
-                            let _ = store.release().await;
-                            (HostLock::NotHeld, None)
-                        }
-                    },
-                    Ok(state) => (state, None),
-                    Err(e) => {
-                        error!(error = %e, "cannot check the host lock");
-                        (HostLock::NotHeld, None)
+        let shared = self.handle.shared.clone();
+        let fence = shared.fence.clone();
+        let lost = shared.heartbeat.lock().lost.take();
+        if let Some(why) = lost {
+            fence.close();
+            self.drop_all();
+            self.membership.forget();
+            metrics::counter!(crate::metrics::LEASE_LOST).increment(1);
+            match shared.config.on_declared_dead {
+                crate::config::OnDeclaredDead::Stop => {
+                    error!(host = %fence.host(), %why, "this host was declared dead; it stays stopped (on_declared_dead = Stop)");
+                    shared
+                        .stopped
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    if let Some(mut thread) = shared
+                        .heartbeat_thread
+                        .lock()
+                        .expect("never poisoned")
+                        .take()
+                    {
+                        thread.stop();
                     }
+                    return done();
+                }
+                crate::config::OnDeclaredDead::Rejoin => {
+                    let info = HostInfo {
+                        id: HostId::new(),
+                        name: shared.config.effective_host_name(),
+                        pid: std::process::id(),
+                    };
+                    error!(old = %fence.host(), new = %info.id, %why, "this host was declared dead: every command stopped; joining again under a new id");
+                    self.checking_hosts = true;
+                    let store = shared.store.clone();
+                    return Box::pin(
+                        async move { store.join(&info).await.map(|()| info.id) }
+                            .into_actor(self)
+                            .map(move |joined, act, _| {
+                                act.checking_hosts = false;
+                                match joined {
+                                    Ok(id) => {
+                                        // The heartbeat renews the new id; the
+                                        // rebuild follows its first lease.
+                                        let mut beat = shared.heartbeat.lock();
+                                        beat.host = id;
+                                        beat.streak_since = None;
+                                    }
+                                    Err(e) => {
+                                        // Tried again at the next tick.
+                                        shared.heartbeat.lock().lost = Some(why);
+                                        warn!(error = %e, "cannot join again yet");
+                                    }
+                                }
+                            }),
+                    );
                 }
             }
-            .into_actor(self)
-            .map(|(state, rehydrate), act, ctx| {
-                act.checking_host_lock = false;
-                let fence = &act.handle.shared.fence;
-                match state {
-                    HostLock::Held => {}
-                    HostLock::NotHeld => {
-                        if fence.acting() {
-                            fence.close();
-                            error!(live = act.live.len(),
-                                "HOST LOCK LOST: another host may run these commands now; this host stops acting (no writes, no steps, no end methods) until it holds the lock again");
-                        }
-                    }
-                    HostLock::Reacquired => {
-                        // Lost in between, even if only for a moment: what
-                        // this host knew may be stale.
-                        fence.close();
-                        act.live.clear();
-                        act.parked.clear();
-                        act.cancelled.clear();
-                        if let Some(mut rehydrate) = rehydrate {
-                            rehydrate.reopen = true;
-                            ctx.notify(rehydrate);
-                        }
-                    }
+        }
+        if !fence.is_closed() && !fence.lease_runs() {
+            if !self.paused {
+                self.paused = true;
+                self.membership.forget();
+                metrics::counter!(crate::metrics::LEASE_LOST).increment(1);
+                error!(host = %fence.host(), lease = ?shared.config.lease,
+                    "LEASE LOST: no heartbeat acknowledged for a lease; this host pauses (no writes, no polls) until it has heartbeats again");
+            }
+            return done();
+        }
+        if self.paused && !fence.is_closed() {
+            // Acknowledged by a registry that says alive: nobody adopted
+            // anything of this host's meanwhile; it carries on.
+            self.paused = false;
+            let held = std::mem::take(&mut self.held_polls);
+            warn!(host = %fence.host(), polls = held.len(), "lease regained: this host resumes");
+            for (id, generation) in held {
+                if let Some(live) = self.live.get(&id) {
+                    live.addr.poll(generation);
                 }
-            }),
+            }
+        }
+        let me = shared.heartbeat.lock().host;
+        let store = shared.store.clone();
+        if fence.is_closed() {
+            if !fence.lease_runs() {
+                return done();
+            }
+            // Heartbeats again (under a new id after a rejoin): rebuild
+            // everything this host owns, in a new epoch.
+            self.checking_hosts = true;
+            return Box::pin(async move { store.load_owned(me, None).await }.into_actor(self).map(
+                move |rows, act, ctx| {
+                    act.checking_hosts = false;
+                    match rows {
+                        Ok(rows) => ctx.notify(Rehydrate::new(rows, Some(me))),
+                        Err(e) => warn!(error = %e, "cannot read this host's commands yet; will retry"),
+                    }
+                },
+            ));
+        }
+        // Acting: judge the others, adopt what nobody alive owns.
+        self.checking_hosts = true;
+        let lease = shared.config.lease;
+        let batch = shared.config.adopt_batch;
+        let streak = shared.heartbeat.lock().streak_since;
+        let _ = ctx;
+        let reader = store.clone();
+        Box::pin(
+            async move { reader.hosts().await }
+                .into_actor(self)
+                .then(move |hosts, act, _| {
+                    let candidates = match &hosts {
+                        Ok(hosts) => act.membership.observe(me, hosts, std::time::Instant::now(), streak),
+                        Err(e) => {
+                            debug!(error = %e, "cannot read the hosts now; next tick retries");
+                            Vec::new()
+                        }
+                    };
+                    let store = store.clone();
+                    let fence = fence.clone();
+                    async move {
+                        if hosts.is_err() {
+                            return Ok(None);
+                        }
+                        if !candidates.is_empty() {
+                            let dead = store.declare_dead(me, &candidates, lease).await?;
+                            for host in &dead {
+                                error!(host = %host, by = %me, "host declared dead: its heartbeat stood still for longer than the lease; adopting its hierarchies");
+                            }
+                            metrics::counter!(crate::metrics::HOSTS_DECLARED_DEAD).increment(dead.len() as u64);
+                        }
+                        let mut roots = Vec::new();
+                        for _ in 0..ADOPT_SLICES_PER_TICK {
+                            if !fence.acting() {
+                                break;
+                            }
+                            let slice = store.adopt(me, batch).await?;
+                            if slice.is_empty() {
+                                break;
+                            }
+                            roots.extend(slice);
+                        }
+                        if roots.is_empty() {
+                            return Ok(None);
+                        }
+                        metrics::counter!(crate::metrics::ADOPTED_HIERARCHIES).increment(roots.len() as u64);
+                        info!(host = %me, hierarchies = roots.len(), "hierarchies adopted");
+                        store.load_owned(me, Some(&roots)).await.map(Some)
+                    }
+                    .into_actor(act)
+                })
+                .map(move |adopted: Result<Option<OwnedRows>, StoreError>, act, ctx| {
+                    act.checking_hosts = false;
+                    match adopted {
+                        Ok(Some(rows)) => ctx.notify(Rehydrate::new(rows, None)),
+                        Ok(None) => {}
+                        // Rows adopted but not loaded are this host's:
+                        // the next rebuild of everything finds them.
+                        Err(e) => warn!(error = %e, "host check failed; next tick retries"),
+                    }
+                }),
         )
     }
 }
 
+/// Look in the store for the ends of commands waited for here that no
+/// actor of this host runs.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CheckRemoteWaits;
+
+impl Handler<CheckRemoteWaits> for CoordinatorActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: CheckRemoteWaits, _: &mut Self::Context) -> Self::Result {
+        if self.checking_remote {
+            return Box::pin(actix::fut::ready(()));
+        }
+        let ids: Vec<CommandId> = self
+            .waiters
+            .keys()
+            .filter(|id| !self.live.contains_key(id) && !self.parked.contains_key(id))
+            .copied()
+            .collect();
+        if ids.is_empty() {
+            return Box::pin(actix::fut::ready(()));
+        }
+        self.checking_remote = true;
+        let store = self.handle.shared.store.clone();
+        Box::pin(
+            async move { store.ended(&ids).await }
+                .into_actor(self)
+                .map(|ended, act, _| {
+                    act.checking_remote = false;
+                    match ended {
+                        Ok(rows) => {
+                            for row in rows {
+                                // Live here meanwhile (adopted): its actor answers.
+                                if act.live.contains_key(&row.id) {
+                                    continue;
+                                }
+                                if let Some(waiters) = act.waiters.remove(&row.id) {
+                                    let outcome = Outcome::from_entity(row);
+                                    for waiter in waiters {
+                                        let _ = waiter.send(outcome.clone());
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "cannot look for remote ends now; next tick retries")
+                        }
+                    }
+                }),
+        )
+    }
+}
+
+/// Registers a waiter for a command that runs elsewhere.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WaitRemote {
+    id: CommandId,
+    tx: oneshot::Sender<Outcome>,
+}
+
+impl Handler<WaitRemote> for CoordinatorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WaitRemote, ctx: &mut Self::Context) {
+        self.waiters.entry(msg.id).or_default().push(msg.tx);
+        ctx.notify(CheckRemoteWaits);
+    }
+}
+
 impl CoordinatorActor {
+    /// Stops every command of this host (their actors stop once their
+    /// addresses are dropped); waiters stay, and are answered from the
+    /// store by whichever host runs the commands now.
+    fn drop_all(&mut self) {
+        self.paused = false;
+        self.held_polls.clear();
+        self.live.clear();
+        self.parked.clear();
+        self.cancelled.clear();
+        self.handle
+            .shared
+            .heartbeat
+            .live
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Waits for the next due polls of the shared poll timers, hands each to
     /// its live command, and waits again. (Owned by this actor's context, so
     /// it ends with it.)
@@ -849,9 +1205,14 @@ impl CoordinatorActor {
             async move { timers.next_due().await }
                 .into_actor(self)
                 .map(|due, act, ctx| {
-                    for (id, generation) in due {
-                        if let Some(live) = act.live.get(&id) {
-                            live.addr.poll(generation);
+                    // While the lease is out no step starts: the polls wait.
+                    if act.paused || !act.handle.shared.fence.lease_runs() {
+                        act.held_polls.extend(due);
+                    } else {
+                        for (id, generation) in due {
+                            if let Some(live) = act.live.get(&id) {
+                                live.addr.poll(generation);
+                            }
                         }
                     }
                     act.drive_polls(ctx);
@@ -980,6 +1341,11 @@ impl CoordinatorActor {
                 metrics::gauge!(crate::metrics::COMMANDS, "status" => status.as_str())
                     .increment(1.0);
                 metrics::gauge!(crate::metrics::LIVE_COMMANDS).set(self.live.len() as f64);
+                self.handle
+                    .shared
+                    .heartbeat
+                    .live
+                    .store(self.live.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 Ok(())
             }
             Err(reason) => {
@@ -1023,22 +1389,23 @@ struct Rehydrate {
     /// The children of those commands (ended ones included), oldest first.
     children: crate::store::LoadedRows,
     cancel_requested: Vec<CommandId>,
-    /// A rebuild after the host lock was taken again: a new epoch begins
-    /// when these actors are created (not before: a submit committed
-    /// meanwhile would be started twice).
-    reopen: bool,
+    /// A rebuild of everything after the host stopped acting: a new epoch
+    /// begins, under this host id, when these actors are created (not
+    /// before: a submit committed meanwhile would be started twice).
+    reopen: Option<HostId>,
 }
 
 impl Handler<Rehydrate> for CoordinatorActor {
     type Result = ();
 
     fn handle(&mut self, msg: Rehydrate, _: &mut Self::Context) {
-        if msg.reopen {
-            let epoch = self.handle.shared.fence.reopen();
+        if let Some(host) = msg.reopen {
+            let epoch = self.handle.shared.fence.reopen(host);
             warn!(
                 epoch,
+                host = %host,
                 unfinished = msg.entities.len(),
-                "host lock held again: commands rebuilt from the database"
+                "this host acts again: its commands were rebuilt from the database"
             );
         }
         for bad in &msg.bad_rows {
@@ -1200,6 +1567,11 @@ impl Handler<FinishedMsg> for CoordinatorActor {
                 .decrement(1.0);
         }
         metrics::gauge!(crate::metrics::LIVE_COMMANDS).set(self.live.len() as f64);
+        self.handle
+            .shared
+            .heartbeat
+            .live
+            .store(self.live.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let parent = finished.parent_id;
         match parent {
             Some(_) if finished.parent_told => {}

@@ -17,7 +17,10 @@ mod command_actor;
 pub mod config;
 pub mod coordinator;
 mod fence;
+mod heartbeat;
+pub mod hosts;
 mod lifecycle;
+mod membership;
 mod messages;
 pub mod metrics;
 pub mod model;
@@ -33,11 +36,12 @@ pub use command::{
     ChildExecution, ChildView, Command, CommandContext, CommandError, InterruptedExecute,
     PollOutcome,
 };
-pub use config::{CleanupConfig, OnRootEnd, RuntimeConfig};
+pub use config::{CleanupConfig, OnDeclaredDead, OnRootEnd, RuntimeConfig};
 pub use coordinator::{Coordinator, CoordinatorBuilder, CoordinatorError, Outcome, StartError};
+pub use hosts::{HostId, HostInfo, HostRecord, HostState, OwnedRows};
 pub use model::{CommandEntity, CommandId, CommandStatus, JsonPayload, UnknownStatus};
 pub use store::{
-    BadRow, BoxError, CancelOutcome, CommandStore, CommandUpdate, EndTransaction, Expired,
-    HostLock, LoadedRows, LocalStoreFuture, RemovedBatch, StoreError, StoreErrorKind, StoreFuture,
-    StoreOp, Transition,
+    Applied, BadRow, BoxError, CancelOutcome, CommandStore, CommandUpdate, EndTransaction, Expired,
+    LoadedRows, LocalStoreFuture, RemovedBatch, StoreError, StoreErrorKind, StoreFuture, StoreOp,
+    Transition,
 };

@@ -25,3 +25,13 @@ pub const CLEANUP_REMOVED: &str = "command_coordinator_cleanup_removed_rows_tota
 pub const WRITE_BATCH_SIZE: &str = "command_coordinator_write_batch_size";
 /// Counter: writer batches retried because the database was unreachable.
 pub const WRITE_RETRIES: &str = "command_coordinator_write_retries_total";
+/// Writes the database refused because this host no longer owns the
+/// command (another host adopted its hierarchy) or is not alive.
+pub const FENCED_WRITES: &str = "command_coordinator_fenced_writes_total";
+/// Hierarchies this host adopted from dead, leaving or ownerless hosts.
+pub const ADOPTED_HIERARCHIES: &str = "command_coordinator_adopted_hierarchies_total";
+/// Hosts this host declared dead.
+pub const HOSTS_DECLARED_DEAD: &str = "command_coordinator_hosts_declared_dead_total";
+/// Times this host's lease ran out (it stopped acting until it had
+/// heartbeats again).
+pub const LEASE_LOST: &str = "command_coordinator_lease_lost_total";

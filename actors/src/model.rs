@@ -309,6 +309,9 @@ pub struct CommandEntity {
     pub job_id: Option<Uuid>,
     /// `step_id`, kept from oVirt for hosts that track steps of a job.
     pub step_id: Option<Uuid>,
+    /// `owner_host`: the host that runs the command (read from the row; a
+    /// new command belongs to the host whose writer inserts it).
+    pub owner: Option<crate::hosts::HostId>,
 }
 
 impl CommandEntity {
@@ -334,6 +337,7 @@ impl CommandEntity {
             failure_reason: None,
             job_id: None,
             step_id: None,
+            owner: None,
         }
     }
 

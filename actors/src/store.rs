@@ -12,6 +12,7 @@ use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
 
+use crate::hosts::{HostId, HostInfo, HostRecord, HostState, OwnedRows};
 use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
 
 /// The future every store operation returns.
@@ -49,6 +50,8 @@ pub enum StoreOp {
     Children,
     Apply,
     Cancel,
+    Hosts,
+    Adopt,
 }
 
 impl StoreOp {
@@ -74,6 +77,8 @@ impl StoreOp {
             StoreOp::Children => "children",
             StoreOp::Apply => "apply",
             StoreOp::Cancel => "cancel",
+            StoreOp::Hosts => "hosts",
+            StoreOp::Adopt => "adopt",
         }
     }
 }
@@ -100,9 +105,10 @@ pub enum StoreErrorKind {
     /// A value could not be serialized for storage.
     #[error("cannot encode value: {0}")]
     Encode(#[source] BoxError),
-    /// This host may not write: it lost its host lock (another host may run
-    /// its commands now) or it shut down. The command stops acting; it is
-    /// rebuilt from its row by whichever host runs it next.
+    /// This host may not write: its lease ran out, it was declared dead,
+    /// another host owns the command's hierarchy now, or it shut down. The
+    /// command stops acting; it is rebuilt from its row by whichever host
+    /// owns it.
     #[error("this host may not write: {0}")]
     Fenced(String),
 }
@@ -157,19 +163,6 @@ impl StoreError {
     pub fn is_fenced(&self) -> bool {
         matches!(self.kind, StoreErrorKind::Fenced(_))
     }
-}
-
-/// What [`CommandStore::check_host_lock`] found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HostLock {
-    /// Held all along since the last check.
-    Held,
-    /// It was lost (its connection died) and is held again: whatever this
-    /// host knew may be stale, so it rebuilds its commands from the store.
-    Reacquired,
-    /// Lost, and not held now (another host has it, or the database is
-    /// unreachable): this host must not act.
-    NotHeld,
 }
 
 /// A row that could not be read, reported by id so that it can be found and fixed
@@ -300,6 +293,15 @@ pub trait EndTransaction {
     }
 }
 
+/// What [`CommandStore::apply`] did with a batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Commands of the batch whose transition was not applied because this
+    /// host may not write them (it is not alive, or another host owns the
+    /// hierarchy now).
+    pub fenced: Vec<CommandId>,
+}
+
 /// Persistence of commands: the seed's CRUD operations and DAO in one interface.
 ///
 /// Every method names itself and the command in its [`StoreError`]. A missing
@@ -369,13 +371,22 @@ pub trait CommandStore: Send + Sync + 'static {
     /// query instead of one per parent.
     fn children_of_unfinished(&self) -> StoreFuture<'_, LoadedRows>;
 
-    /// Applies `batch` in one transaction: all of it or none. Inserts first,
-    /// then updates; each command appears at most once among the updates.
-    fn apply<'a>(&'a self, batch: &'a [Transition]) -> StoreFuture<'a, ()>;
+    /// Applies `batch` for `host` in one transaction: inserts first, then
+    /// updates; each command appears at most once among the updates.
+    ///
+    /// Fenced: inserts take effect only while `host` is alive (new rows
+    /// are owned by it), updates only on rows `host` owns. What was fenced
+    /// is answered per command in [`Applied::fenced`]; everything else of
+    /// the batch is applied.
+    fn apply<'a>(&'a self, host: HostId, batch: &'a [Transition]) -> StoreFuture<'a, Applied>;
 
-    /// Opens a transaction for an end method (see [`EndTransaction`]). Stores
-    /// without transactions answer with an error (the default).
-    fn begin_end_transaction(&self) -> LocalStoreFuture<'_, Box<dyn EndTransaction>> {
+    /// Opens a transaction for an end method (see [`EndTransaction`]) whose
+    /// commit is fenced like [`CommandStore::apply`]. Stores without
+    /// transactions answer with an error (the default).
+    fn begin_end_transaction(
+        &self,
+        _host: HostId,
+    ) -> LocalStoreFuture<'_, Box<dyn EndTransaction>> {
         Box::pin(async {
             Err(StoreError::new(
                 StoreOp::Apply,
@@ -385,20 +396,56 @@ pub trait CommandStore: Send + Sync + 'static {
         })
     }
 
+    /// Registers `host` as alive, with a fresh heartbeat.
+    fn join<'a>(&'a self, host: &'a HostInfo) -> StoreFuture<'a, ()>;
+
+    /// Renews `host`'s heartbeat (on a connection of its own, so that a
+    /// busy pool cannot delay it) and reports `live` commands; answers the
+    /// host's state in the registry (`None`: its row is gone).
+    fn heartbeat(&self, host: HostId, live: u64) -> StoreFuture<'_, Option<HostState>>;
+
+    /// Every registered host.
+    fn hosts(&self) -> StoreFuture<'_, Vec<HostRecord>>;
+
+    /// Declares dead those of `observed` (host, heartbeat seen) that are
+    /// still alive with exactly that heartbeat, older than `lease` on the
+    /// database's clock; ends their sessions' open transactions (a paused
+    /// process holds its locks otherwise). Returns the hosts declared dead.
+    fn declare_dead<'a>(
+        &'a self,
+        by: HostId,
+        observed: &'a [(HostId, DateTime<Utc>)],
+        lease: std::time::Duration,
+    ) -> StoreFuture<'a, Vec<HostId>>;
+
+    /// Marks `host` as leaving: other hosts adopt its hierarchies at once.
+    fn leave(&self, host: HostId) -> StoreFuture<'_, ()>;
+
+    /// Takes over the unfinished hierarchies of up to `max_rows` unfinished
+    /// rows whose owner is not alive (or that have none), skipping rows
+    /// another host is taking at the same moment. Returns the hierarchies'
+    /// keys (`coalesce(root_command_id, command_id)`); none when there is
+    /// nothing left to adopt.
+    fn adopt(&self, host: HostId, max_rows: u32) -> StoreFuture<'_, Vec<CommandId>>;
+
+    /// The unfinished rows `host` owns: all of them (`roots: None`), or
+    /// those of these hierarchies.
+    fn load_owned<'a>(
+        &'a self,
+        host: HostId,
+        roots: Option<&'a [CommandId]>,
+    ) -> StoreFuture<'a, OwnedRows>;
+
+    /// Those of `ids` that have ended (for waiters whose command runs on
+    /// another host).
+    fn ended<'a>(&'a self, ids: &'a [CommandId]) -> StoreFuture<'a, Vec<CommandEntity>>;
+
     /// Readies the store for a coordinator (migrations, for PostgreSQL).
     fn prepare(&self) -> StoreFuture<'_, ()> {
         Box::pin(async { Ok(()) })
     }
 
-    /// Verifies that this host still holds the lock that makes it the only
-    /// one acting on the store, and tries to take it again when it was lost.
-    /// Stores without such a lock always answer [`HostLock::Held`].
-    fn check_host_lock(&self) -> StoreFuture<'_, HostLock> {
-        Box::pin(async { Ok(HostLock::Held) })
-    }
-
-    /// Releases what [`CommandStore::prepare`] took (the host lock), so that
-    /// another coordinator, in this process or another, can start.
+    /// Closes what the store keeps for a host (its heartbeat connection).
     fn release(&self) -> StoreFuture<'_, ()> {
         Box::pin(async { Ok(()) })
     }

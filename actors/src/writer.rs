@@ -36,6 +36,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::fence::Fence;
+use crate::hosts::HostId;
 use crate::model::CommandId;
 use crate::store::{CommandStore, StoreError, StoreErrorKind, StoreOp, Transition};
 
@@ -269,32 +270,38 @@ impl Pending {
     }
 }
 
-/// Refuses the transitions of actors that may not act (their host lost its
-/// lock, or they belong to an epoch before it was taken again); returns
-/// whether the rest may be committed now (false while the lock is lost: the
-/// host's own submits then wait as in an outage).
+/// Refuses the transitions of actors that may not act any more (their host
+/// was declared dead, or they belong to an epoch before it rejoined);
+/// returns whether the rest may be committed now (false while the lease is
+/// out: they then wait as in an outage).
 fn screen(fence: &Fence, items: &mut Vec<Pending>) -> bool {
-    let acting = fence.acting();
+    let closed = fence.is_closed();
     let epoch = fence.epoch();
     items.retain_mut(|pending| match pending.epoch {
-        Some(e) if !acting || e != epoch => {
-            let id = pending.transition.command_id();
-            for waiter in pending.waiters.drain(..) {
-                let _ = waiter.ack.send(Err(StoreError::new(
-                    StoreOp::Apply,
-                    Some(id),
-                    StoreErrorKind::Fenced(
-                        "the host lock was lost; the command is rebuilt from its row by the host \
-                         that holds it"
-                            .into(),
-                    ),
-                )));
-            }
+        Some(e) if closed || e != epoch => {
+            refuse(
+                pending,
+                "this host was declared dead (or shut down); the command is rebuilt from its \
+                 row by the host that owns it now",
+            );
             false
         }
         _ => true,
     });
-    acting
+    // While the lease is out, everything waits as in an outage.
+    fence.acting()
+}
+
+/// Answers every sender of `pending` that it was fenced.
+fn refuse(pending: &mut Pending, why: &str) {
+    let id = pending.transition.command_id();
+    for waiter in pending.waiters.drain(..) {
+        let _ = waiter.ack.send(Err(StoreError::new(
+            StoreOp::Apply,
+            Some(id),
+            StoreErrorKind::Fenced(why.to_owned()),
+        )));
+    }
 }
 
 async fn run(
@@ -358,8 +365,7 @@ async fn run(
             }
         }
         if retry.is_empty() && !screen(&fence, &mut items) {
-            // The host lock is lost: the host's own submits wait as in an
-            // outage (actors' transitions were refused).
+            // The lease is out: everything waits as in an outage.
             retry = std::mem::take(&mut items);
         }
         if retry.is_empty() {
@@ -374,8 +380,9 @@ async fn run(
                 let store = store.clone();
                 let kept_tx = kept_tx.clone();
                 let batch = coalesce(std::mem::take(&mut items));
+                let host = fence.host();
                 actix::spawn(async move {
-                    let kept = try_commit(&*store, batch, Some(lane)).await;
+                    let kept = try_commit(&*store, host, batch, Some(lane)).await;
                     if !kept.is_empty() {
                         let _ = kept_tx.send(kept);
                     }
@@ -406,7 +413,7 @@ async fn run(
         given_up.extend(give_up_inserts(&mut all, now, config.submit_wait));
         let acting = screen(&fence, &mut all);
         if acting && !all.is_empty() {
-            retry = try_commit(&*store, coalesce(all), None).await;
+            retry = try_commit(&*store, fence.host(), coalesce(all), None).await;
         } else {
             retry = all;
         }
@@ -436,7 +443,7 @@ async fn run(
         } else {
             warn!(
                 pending = retry.len(),
-                "host lock lost; submits wait until it is held again"
+                "this host may not act (no lease); submits wait until it acts again"
             );
         }
         // Meanwhile new work is taken in (it waits with the rest), and an
@@ -569,6 +576,7 @@ fn unavailable(id: CommandId, why: &str) -> StoreError {
 /// batch need not wait for the wake-ups.
 async fn try_commit(
     store: &dyn CommandStore,
+    host: HostId,
     items: Vec<Pending>,
     lane: Option<OwnedSemaphorePermit>,
 ) -> Vec<Pending> {
@@ -580,14 +588,33 @@ async fn try_commit(
         senders.push(pending.waiters);
         give_up.push((pending.give_up_at, pending.epoch));
     }
-    let error = match store.apply(&transitions).await {
-        Ok(()) => {
+    let error = match store.apply(host, &transitions).await {
+        Ok(applied) => {
             drop(lane);
             metrics::histogram!(crate::metrics::WRITE_BATCH_SIZE).record(transitions.len() as f64);
+            let fenced: std::collections::HashSet<CommandId> = applied.fenced.into_iter().collect();
+            if !fenced.is_empty() {
+                metrics::counter!(crate::metrics::FENCED_WRITES).increment(fenced.len() as u64);
+                warn!(host = %host, commands = fenced.len(), "writes refused: this host no longer owns these commands (another host adopted them) or is not alive");
+            }
             // Commit hooks first: what they send is ahead of the wake-ups
             // of every sender below. The first hook of a transition gets it.
             let mut waiters: Vec<Waiter> = Vec::with_capacity(senders.len());
             for (transition, group) in transitions.into_iter().zip(senders) {
+                if fenced.contains(&transition.command_id()) {
+                    let mut pending = Pending {
+                        transition,
+                        waiters: group,
+                        give_up_at: None,
+                        epoch: None,
+                    };
+                    refuse(
+                        &mut pending,
+                        "another host owns this command's hierarchy now (this host was declared \
+                         dead or left); the write was not applied",
+                    );
+                    continue;
+                }
                 let mut transition = Some(transition);
                 for mut waiter in group {
                     if let Some(on_commit) = waiter.on_commit.take() {
@@ -634,8 +661,8 @@ async fn try_commit(
         // only its own senders and costs O(log n) statements, not n.
         debug!(error = %error, size = items.len(), "batch failed; splitting it");
         let second = items.split_off(items.len() / 2);
-        let mut kept = Box::pin(try_commit(store, items, None)).await;
-        kept.extend(Box::pin(try_commit(store, second, None)).await);
+        let mut kept = Box::pin(try_commit(store, host, items, None)).await;
+        kept.extend(Box::pin(try_commit(store, host, second, None)).await);
         kept
     } else {
         let (transitions, senders): (Vec<Transition>, Vec<Vec<Waiter>>) =

@@ -64,9 +64,9 @@ pub(crate) struct Env<'a> {
     pub(crate) config: &'a RuntimeConfig,
     /// The command's life time (its own, or the configured default).
     pub(crate) life_time: Duration,
-    /// This host holds its host lock (and has not shut down): false, and
-    /// the command stops acting for good; whichever host holds the lock
-    /// rebuilds it from its row.
+    /// This host's lease runs (and it has not shut down or been declared
+    /// dead): false, and the command stops acting for good; whichever host
+    /// owns it next rebuilds it from its row.
     pub(crate) may_act: bool,
 }
 
@@ -165,6 +165,9 @@ pub(crate) enum Outcome {
 pub(crate) struct EndCommitError {
     pub(crate) error: String,
     pub(crate) transient: bool,
+    /// Another host owns the command now (this one was declared dead or
+    /// left): the transaction was rolled back, and this host stops here.
+    pub(crate) fenced: bool,
 }
 
 /// What the machine asks the actor to do, in order.
@@ -303,8 +306,9 @@ enum Phase {
     Finished,
     /// The row vanished while the command was live: nothing more to do.
     Gone,
-    /// This host may not act any more (it lost its host lock, or shut
-    /// down): no step, no write, no call, ever again in this actor.
+    /// This host may not act any more (its lease ran out, it was declared
+    /// dead, another host owns the command now, or it shut down): no step,
+    /// no write, no call, ever again in this actor.
     Fenced,
 }
 
@@ -535,8 +539,8 @@ impl Lifecycle {
     ) {
         let mut fx = Sink(effects);
         if !env.may_act && !matches!(input, Input::Restarted) {
-            // Nothing acts once the host may not (the host lock's
-            // connection died, another host may run this command now): not
+            // Nothing acts once the host may not (its lease ran out,
+            // another host may run this command now): not
             // even on what was in flight. An end transaction still open is
             // rolled back.
             if let Input::Returned(returned) = &input
@@ -1296,7 +1300,13 @@ impl Lifecycle {
                 self.apply(pending.update, fx);
                 self.advance(env, fx, false);
             }
-            Err(EndCommitError { error, transient }) => {
+            Err(EndCommitError { error, fenced, .. }) if fenced => {
+                warn!(command_id = %self.id(), error = %error, "end not committed: another host owns this command now");
+                self.fence();
+            }
+            Err(EndCommitError {
+                error, transient, ..
+            }) => {
                 // A failed COMMIT may still have committed (the answer was
                 // lost): the row decides.
                 warn!(command_id = %self.id(), error = %error, "commit of the end transaction failed; checking the row");

@@ -245,7 +245,7 @@ impl World {
                     effect,
                     Effect::Write { .. } | Effect::Call(_) | Effect::CommitEndTx { .. }
                 ),
-                "acted while the host may not (lost its host lock)",
+                "acted while the host may not (lease lost, declared dead)",
             );
         }
         match effect {
@@ -577,10 +577,12 @@ impl World {
                     C::Ok | C::Refused => Err(EndCommitError {
                         error: "refused".into(),
                         transient: false,
+                        fenced: false,
                     }),
                     C::Transient | C::InDoubt => Err(EndCommitError {
                         error: "connection lost".into(),
                         transient: true,
+                        fenced: false,
                     }),
                 };
                 self.commit_refused = matches!(&result, Err(e) if !e.transient);
@@ -1071,7 +1073,7 @@ fn every_interleaving_keeps_the_invariants_and_ends_the_command() {
             ("cancelled commands", cancelled),
             ("commands with children", children),
             ("serial children skipped", serial_skips),
-            ("host lock losses", fenced),
+            ("lease losses", fenced),
         ] {
             assert!(n > 0, "no case exercised {what}: {coverage:?}");
         }
