@@ -136,6 +136,11 @@ fn ids(array: &Value) -> Vec<String> {
     ids
 }
 
+/// The first 8 characters of `id`, as the tables print it.
+fn short(id: CommandId) -> String {
+    id.to_string()[..8].to_owned()
+}
+
 fn sorted(ids: &[CommandId]) -> Vec<String> {
     let mut ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
     ids.sort();
@@ -246,13 +251,21 @@ async fn list_filters_and_json() {
     let mut lines = table.lines();
     let header = lines.next().unwrap();
     for column in [
-        "ID", "TYPE", "STATUS", "EXECUTED", "NOTIFIED", "AGE", "UPDATED",
+        "ID", "PARENT", "TYPE", "STATUS", "EXECUTED", "NOTIFIED", "AGE", "UPDATED", "REASON",
     ] {
         assert!(header.contains(column), "{header}");
     }
-    assert!(table.contains(&l.root.id.to_string()), "{table}");
+    // Short ids by default (any subcommand takes them), the parent's too.
+    let running_line = table
+        .lines()
+        .find(|line| line.starts_with(&short(l.running.id)))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(running_line.contains(&short(l.root.id)), "{table}");
+    assert!(!table.contains(&l.root.id.to_string()), "{table}");
     assert!(table.contains("1 RemoveSnapshot"), "{table}");
-    assert!(!table.contains(&l.done.id.to_string()), "{table}");
+    assert!(!table.contains(&short(l.done.id)), "{table}");
+    let wide = db.ok(&["list", "--status", "active", "--wide"]);
+    assert!(wide.contains(&l.root.id.to_string()), "{wide}");
 
     let none = db.json(&["list", "--status", "NOT_STARTED", "--json"]);
     assert_eq!(none.as_array().unwrap().len(), 0);
@@ -317,8 +330,19 @@ async fn show_draws_a_three_level_hierarchy() {
 
     let text = db.ok(&["show", &leaf.id.to_string()]);
     for id in [root.id, group.id, leaf.id, merged.id, bad] {
-        assert!(text.contains(&id.to_string()), "{id} missing:\n{text}");
+        assert!(text.contains(&short(id)), "{id} missing:\n{text}");
+        assert!(!text.contains(&id.to_string()), "{id} in full:\n{text}");
     }
+    // Fits 100 columns by default.
+    for line in text.lines() {
+        assert!(line.chars().count() <= 100, "{line:?} is too wide:\n{text}");
+    }
+    // --wide: full ids and whole reasons.
+    let wide = db.ok(&["show", &leaf.id.to_string(), "--wide"]);
+    for id in [root.id, group.id, leaf.id, merged.id, bad] {
+        assert!(wide.contains(&id.to_string()), "{id} missing:\n{wide}");
+    }
+    assert!(wide.contains(&format!("child {} failed", group.id)), "{wide}");
     assert!(text.contains("block job failed on disk 7"), "{text}");
     assert!(text.contains("12345"), "{text}");
     assert!(text.contains("1 RemoveSnapshot"), "{text}");
@@ -330,15 +354,17 @@ async fn show_draws_a_three_level_hierarchy() {
     assert!(text.contains("unknown command status"), "{text}");
     let leaf_line = text
         .lines()
-        .find(|l| l.contains(&leaf.id.to_string()))
+        .find(|l| l.contains(&short(leaf.id)))
         .unwrap();
-    assert!(leaf_line.contains("requested"), "{text}");
+    assert!(leaf_line.contains(&format!("{} ◀", short(leaf.id))), "{text}");
+    assert!(
+        text.contains(&format!("◀ {}: the id given", short(leaf.id))),
+        "{text}"
+    );
+    assert!(!text.contains("requested"), "{text}");
     assert!(leaf_line.starts_with("│  └─ "), "{text}");
     assert!(
-        text.lines()
-            .next()
-            .unwrap()
-            .starts_with(&root.id.to_string()),
+        text.lines().next().unwrap().starts_with(&short(root.id)),
         "{text}"
     );
     assert!(
@@ -347,7 +373,7 @@ async fn show_draws_a_three_level_hierarchy() {
     );
 
     let tree = db.json(&["show", &leaf.id.to_string(), "--json"]);
-    assert_eq!(tree["requested"], leaf.id.to_string());
+    assert_eq!(tree["given_id"], leaf.id.to_string());
     assert_eq!(tree["root"]["id"], root.id.to_string());
     let children = tree["root"]["children"].as_array().unwrap();
     assert_eq!(children.len(), 3, "{tree:#}");
@@ -355,7 +381,7 @@ async fn show_draws_a_three_level_hierarchy() {
     let grandchild = &children[0]["children"][0];
     assert_eq!(grandchild["id"], leaf.id.to_string());
     assert_eq!(grandchild["failure_reason"], "block job failed on disk 7");
-    assert_eq!(grandchild["requested"], true);
+    assert_eq!(grandchild["given"], true);
     assert_eq!(children[1]["return_value"], 12345);
     assert!(children[2]["unreadable"].is_string(), "{tree:#}");
     assert_eq!(tree["bad_rows"][0]["id"], bad.to_string());
@@ -363,7 +389,7 @@ async fn show_draws_a_three_level_hierarchy() {
     // Any node shows the same tree, from its root.
     let from_root = db.json(&["show", &root.id.to_string(), "--json"]);
     assert_eq!(from_root["root"]["id"], root.id.to_string());
-    assert_eq!(from_root["root"]["requested"], true);
+    assert_eq!(from_root["root"]["given"], true);
     assert_eq!(
         from_root["root"]["children"][0]["children"][0]["id"],
         leaf.id.to_string()
@@ -439,11 +465,19 @@ async fn cancel_marks_unended_descendants() {
     db.save(&waiting).await;
 
     let out = db.ok(&["cancel", &l.root.id.to_string(), "--yes"]);
-    assert_eq!(
-        out.lines().last().unwrap(),
-        "cancellation requested for 3 commands; a running host picks it up within a second, \
-         or the next host at start-up"
+    assert!(
+        out.contains("cancellation requested for 3 commands\n"),
+        "{out}"
     );
+    // Plain about who carries it out: a host, only one that registers the
+    // types; here none is alive; `fail` is the exit.
+    assert!(
+        out.contains("the cancel takes effect only when a host runs these commands"),
+        "{out}"
+    );
+    assert!(out.contains("no live host"), "{out}");
+    assert!(out.contains("registers these commands' types"), "{out}");
+    assert!(out.contains("command-coordinator fail"), "{out}");
     let mut requested = db.store.cancel_requested().await.unwrap();
     requested.sort();
     let mut expected = vec![l.root.id, l.running.id, waiting.id];
