@@ -69,9 +69,7 @@ pub fn cause(error: &(dyn Error + 'static)) -> String {
         if let Some(PoolError::Timeout(kind)) = e.downcast_ref::<PoolError>() {
             return match kind {
                 TimeoutType::Create => "no connection within the connect timeout".to_owned(),
-                TimeoutType::Wait | TimeoutType::Recycle => {
-                    "no free connection in time".to_owned()
-                }
+                TimeoutType::Wait | TimeoutType::Recycle => "no free connection in time".to_owned(),
             };
         }
         deepest = e;
@@ -159,15 +157,23 @@ impl Db {
     /// Runs a parameterised query.
     pub async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
         let client = self.client().await?;
-        client.query(sql, params).await.map_err(|e| self.pg_error(e))
+        client
+            .query(sql, params)
+            .await
+            .map_err(|e| self.pg_error(e))
     }
 
     /// Adds what to do when a table or column of a later migration is not there.
     fn hint(&self, message: String) -> String {
         let missing = message.contains("does not exist")
-            && ["command_entities", "command_hosts", "cancel_requested_at", "owner_host"]
-                .iter()
-                .any(|name| message.contains(name));
+            && [
+                "command_entities",
+                "command_hosts",
+                "cancel_requested_at",
+                "owner_host",
+            ]
+            .iter()
+            .any(|name| message.contains(name));
         if missing {
             format!(
                 "{message} (is schema {} migrated? run `command-coordinator --schema {} migrate`)",

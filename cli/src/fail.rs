@@ -87,7 +87,11 @@ pub async fn run(db: &Db, args: Fail) -> Result<()> {
             "ended {} {} of hierarchy {root} with failure: {reason}\n\
              it can be removed now with `command-coordinator remove {root}`, or left to cleanup\n",
             failed.len(),
-            if failed.len() == 1 { "command" } else { "commands" },
+            if failed.len() == 1 {
+                "command"
+            } else {
+                "commands"
+            },
         ));
     }
     Ok(())

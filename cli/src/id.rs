@@ -39,14 +39,15 @@ impl IdArg {
                 _ => c.is_ascii_hexdigit(),
             });
         if !fits {
+            // clap puts the value in front: "invalid value 'x' for '<ID>'".
             return Err(format!(
-                "{text:?} is not a command id (a UUID, or its first {MIN_PREFIX} or more characters)"
+                "not a command id (a UUID, or its first {MIN_PREFIX} or more characters)"
             ));
         }
         let digits = s.chars().filter(char::is_ascii_hexdigit).count();
         if digits < MIN_PREFIX {
             return Err(format!(
-                "{text:?} is too short: give at least the first {MIN_PREFIX} characters of the id"
+                "too short: give at least the first {MIN_PREFIX} characters of the id"
             ));
         }
         Ok(Self::Prefix(s))
@@ -88,7 +89,11 @@ impl IdArg {
                     .iter()
                     .map(|r| CommandId::from_uuid(r.get(0)).to_string())
                     .collect();
-                let more = if many.len() as i64 == SHOWN_MATCHES { ", …" } else { "" };
+                let more = if many.len() as i64 == SHOWN_MATCHES {
+                    ", …"
+                } else {
+                    ""
+                };
                 Err(CliError::usage(format!(
                     "{prefix} is ambiguous: it starts {}{more}; give more characters",
                     ids.join(", ")
@@ -132,14 +137,32 @@ mod tests {
         assert!(matches!(IdArg::parse(&id.to_string()), Ok(IdArg::Full(i)) if i == id));
         let upper = id.to_string().to_uppercase();
         assert!(matches!(IdArg::parse(&upper), Ok(IdArg::Full(i)) if i == id));
-        for prefix in ["5b0c12ab", "5B0C12AB", "5b0c12ab-", "5b0c12ab-12", "5b0c12ab-1234-5"] {
+        for prefix in [
+            "5b0c12ab",
+            "5B0C12AB",
+            "5b0c12ab-",
+            "5b0c12ab-12",
+            "5b0c12ab-1234-5",
+        ] {
             let parsed = IdArg::parse(prefix).unwrap();
             assert!(matches!(&parsed, IdArg::Prefix(p) if *p == prefix.to_lowercase()));
         }
-        for bad in ["5b0c12a", "1234", "", "5b0c12ag", "5b0c12ab1", "5b0c-12ab", "not-a-uuid"] {
+        for bad in [
+            "5b0c12a",
+            "1234",
+            "",
+            "5b0c12ag",
+            "5b0c12ab1",
+            "5b0c-12ab",
+            "not-a-uuid",
+        ] {
             assert!(IdArg::parse(bad).is_err(), "{bad:?}");
         }
-        assert!(IdArg::parse("5b0c").unwrap_err().contains("at least the first 8"));
+        assert!(
+            IdArg::parse("5b0c")
+                .unwrap_err()
+                .contains("at least the first 8")
+        );
     }
 
     #[test]

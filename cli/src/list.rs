@@ -23,8 +23,9 @@ pub fn parse_status(text: &str) -> std::result::Result<String, String> {
         Ok(status) => Ok(status.as_str().to_owned()),
         Err(_) => {
             let known: Vec<&str> = CommandStatus::ALL.iter().map(|s| s.as_str()).collect();
+            // clap puts the value in front: "invalid value 'actve' for '--status'".
             Err(format!(
-                "no status {text:?}; the statuses are {}",
+                "not a status; the statuses are {}",
                 known.join(", ")
             ))
         }
@@ -36,7 +37,7 @@ pub fn parse_limit(text: &str) -> std::result::Result<u32, String> {
     match text.trim().parse::<u32>() {
         Ok(0) => Err("must be at least 1".to_owned()),
         Ok(n) => Ok(n),
-        Err(_) => Err(format!("{text:?} is not a number of commands (1 or more)")),
+        Err(_) => Err("not a number of commands (1 or more)".to_owned()),
     }
 }
 

@@ -260,7 +260,11 @@ impl Tree {
             out.push('\n');
         }
         if self.marks_given() {
-            let given = if wide { self.given.to_string() } else { short(self.given) };
+            let given = if wide {
+                self.given.to_string()
+            } else {
+                short(self.given)
+            };
             out.push_str(&format!("{GIVEN_MARK} {given}: the id given\n"));
         }
         if !self.bad_rows.is_empty() {
@@ -327,7 +331,12 @@ impl Tree {
 
     /// Type, status and duration as aligned cells; then the outcome (cut
     /// to fit unless `wide`) and the marks.
-    fn describe(&self, id: CommandId, colour: bool, wide: bool) -> ([(String, usize); 3], String, String) {
+    fn describe(
+        &self,
+        id: CommandId,
+        colour: bool,
+        wide: bool,
+    ) -> ([(String, usize); 3], String, String) {
         let node = &self.nodes[&id];
         let mut outcome = String::new();
         let mut marks = String::new();
@@ -355,7 +364,11 @@ impl Tree {
                 }
                 let label = type_label(e.command_type, Some(e.parameters.class()));
                 [
-                    cell(if wide { label } else { truncate(&label, TYPE_CHARS) }),
+                    cell(if wide {
+                        label
+                    } else {
+                        truncate(&label, TYPE_CHARS)
+                    }),
                     (paint(status, colour), status.len()),
                     cell(human(e.ended_at.unwrap_or_else(Utc::now) - e.created_at)),
                 ]
