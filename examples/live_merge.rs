@@ -249,7 +249,7 @@ async fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("live_merge: {e}");
+            eprintln!("live_merge: {}", command_coordinator::error_chain(&*e));
             ExitCode::FAILURE
         }
     }

@@ -43,7 +43,18 @@ struct MergeOutput {
 }
 
 #[actix::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line: the error and its causes, not a Debug dump.
+            eprintln!("store_demo: {}", command_coordinator::error_chain(&*e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mut url = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
     while let Some(arg) = args.next() {

@@ -7,7 +7,7 @@
 //! live host that owns the hierarchy (or that there is none), and points at
 //! `fail`, the exit for rows no host can run.
 
-use command_coordinator::{CancelOutcome, CommandStore};
+use command_coordinator::{CancelOutcome, CommandId, CommandStore};
 use serde_json::json;
 
 use crate::db::{CliError, Db, ENDED, Result};
@@ -20,6 +20,14 @@ pub struct Cancel {
     pub id: IdArg,
     pub yes: bool,
     pub json: bool,
+}
+
+/// The root of `id`'s hierarchy, its live owners, and how many hosts are alive.
+async fn ownership(db: &Db, id: CommandId) -> Result<(CommandId, Vec<hierarchy::Owner>, i64)> {
+    let root = find_root(db, id).await?;
+    let owners = hierarchy::live_owners(db, root).await?;
+    let hosts = hierarchy::live_hosts(db).await?;
+    Ok((root, owners, hosts))
 }
 
 pub async fn run(db: &Db, args: Cancel) -> Result<()> {
@@ -69,26 +77,31 @@ pub async fn run(db: &Db, args: Cancel) -> Result<()> {
             Ok(())
         }
         CancelOutcome::Requested { commands } => {
-            let root = find_root(db, id).await?;
-            let owners = hierarchy::live_owners(db, root).await?;
-            let hosts = hierarchy::live_hosts(db).await?;
-            let who = if let Some(owner) = owners.first() {
-                format!(
+            // Who can carry it out. The request is recorded whatever this
+            // says: a schema without the hosts' registry (before V6) gets
+            // the general answer rather than an error.
+            let (root, owners, hosts) = match ownership(db, id).await {
+                Ok((root, owners, hosts)) => (Some(root), owners, Some(hosts)),
+                Err(_) => (None, Vec::new(), None),
+            };
+            let who = match (owners.first(), hosts) {
+                (Some(owner), _) => format!(
                     "a live {} owns this hierarchy: it carries the request out within a second \
                      if it registers these commands' types",
                     owner.describe()
-                )
-            } else if hosts > 0 {
-                format!(
-                    "no live host owns this hierarchy yet; of the {hosts} live host(s), one that \
-                     registers these commands' types carries the request out once it runs them"
-                )
-            } else {
-                format!(
+                ),
+                (None, Some(0)) => format!(
                     "no live host: none has sent a heartbeat in the last {}s, so nothing carries \
                      the request out until a host that registers these commands' types starts",
                     LIVE_HEARTBEAT.as_secs()
-                )
+                ),
+                (None, Some(n)) => format!(
+                    "no live host owns this hierarchy yet; of the {n} live host(s), one that \
+                     registers these commands' types carries the request out once it runs them"
+                ),
+                (None, None) => "a host that registers these commands' types carries the \
+                                 request out when it runs them"
+                    .to_owned(),
             };
             if args.json {
                 emit_json(&json!({
@@ -104,11 +117,12 @@ pub async fn run(db: &Db, args: Cancel) -> Result<()> {
                 }));
             } else {
                 emit(&format!(
-                    "cancellation requested for {commands} commands\n\
+                    "cancellation requested for {commands} {}\n\
                      the cancel takes effect only when a host runs these commands: {who}\n\
                      a row no host can run (its type registered by none, or parameters that no \
                      longer decode) never ends this way: `command-coordinator fail {id} --reason …` \
-                     ends its hierarchy with failure without running any code\n"
+                     ends its hierarchy with failure without running any code\n",
+                    if commands == 1 { "command" } else { "commands" }
                 ));
             }
             Ok(())

@@ -156,11 +156,17 @@ pub async fn unended(db: &Db, root: CommandId) -> Result<Vec<Unended>> {
         .collect())
 }
 
-/// Up to `max` lines of `  <id>  <type>  <status>`, then how many more.
+/// Up to `max` lines of `  <id>  <type>  <status>`, aligned, then how many more.
 pub fn plan(commands: &[Unended], max: usize) -> String {
+    let shown = &commands[..commands.len().min(max)];
+    let width = shown
+        .iter()
+        .map(|c| c.label.chars().count())
+        .max()
+        .unwrap_or(0);
     let mut out = String::new();
-    for c in commands.iter().take(max) {
-        out.push_str(&format!("  {}  {}  {}\n", c.id, c.label, c.status));
+    for c in shown {
+        out.push_str(&format!("  {}  {:<width$}  {}\n", c.id, c.label, c.status));
     }
     if commands.len() > max {
         out.push_str(&format!("  … and {} more\n", commands.len() - max));
