@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::db::{CliError, Db, Result};
 use crate::duration::{before_now, human};
 use crate::id::short;
-use crate::output::{cell, colour, emit, emit_json, paint, table, truncate, type_label};
+use crate::output::{cell, colour, emit, emit_json, flat, paint, table, truncate, type_label};
 
 /// How much of a failure reason the table shows without `--wide`.
 const REASON_CHARS: usize = 60;
@@ -128,7 +128,7 @@ pub async fn run(db: &Db, filter: Filter, wide: bool, json: bool) -> Result<()> 
         .map(|l| {
             let status = l.status.as_deref().unwrap_or("NULL");
             let id = |id: CommandId| if wide { id.to_string() } else { short(id) };
-            let reason = l.reason.as_deref().unwrap_or("");
+            let reason = flat(l.reason.as_deref().unwrap_or(""));
             vec![
                 cell(id(l.id)),
                 cell(l.parent.map_or("-".to_owned(), id)),
@@ -142,9 +142,9 @@ pub async fn run(db: &Db, filter: Filter, wide: bool, json: bool) -> Result<()> 
                         .map_or("?".into(), |t| format!("{} ago", human(now - t))),
                 ),
                 cell(if wide {
-                    reason.to_owned()
+                    reason
                 } else {
-                    truncate(reason, REASON_CHARS)
+                    truncate(&reason, REASON_CHARS)
                 }),
             ]
         })

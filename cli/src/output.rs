@@ -83,6 +83,12 @@ pub fn short_class(class: &str) -> &str {
     base.rsplit([':', '.']).next().unwrap_or(base).trim()
 }
 
+/// `text` on one line: a reason with newlines or tabs would break the
+/// table or the tree it is shown in.
+pub fn flat(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// At most `max` characters, with `…` when cut.
 pub fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {

@@ -11,7 +11,7 @@ use crate::duration::human;
 use crate::hierarchy::find_root;
 use crate::id::short;
 use crate::output::{
-    cell, colour, emit, emit_json, is_failure, pad, paint, short_class, truncate, type_label,
+    cell, colour, emit, emit_json, flat, is_failure, pad, paint, short_class, truncate, type_label,
 };
 
 /// The width the tree fits by default: a terminal wider than the classic
@@ -343,7 +343,7 @@ impl Tree {
         let reason_chars = if wide { REASON_CHARS } else { WIDTH };
         let cells = match &node.row {
             Row::Bad(reason) => {
-                outcome.push_str(&format!("  ✗ {}", truncate(reason, reason_chars)));
+                outcome.push_str(&format!("  ✗ {}", truncate(&flat(reason), reason_chars)));
                 [
                     cell("?"),
                     (paint("UNREADABLE", colour), "UNREADABLE".len()),
@@ -353,9 +353,12 @@ impl Tree {
             Row::Entity(e) => {
                 let status = e.status.as_str();
                 if let Some(reason) = &e.failure_reason {
-                    outcome.push_str(&format!("  ✗ {}", truncate(reason, reason_chars)));
+                    outcome.push_str(&format!("  ✗ {}", truncate(&flat(reason), reason_chars)));
                 } else if let Some(rv) = &e.return_value {
-                    outcome.push_str(&format!("  → {}", truncate(rv.json(), RETURN_VALUE_CHARS)));
+                    outcome.push_str(&format!(
+                        "  → {}",
+                        truncate(&flat(rv.json()), RETURN_VALUE_CHARS)
+                    ));
                 } else if is_failure(status) {
                     outcome.push_str("  ✗ (no reason recorded)");
                 }

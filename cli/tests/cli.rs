@@ -1041,12 +1041,14 @@ async fn list_refuses_filters_that_cannot_match() {
     assert_eq!(none, Value::Array(vec![]));
     // The failure reason and the parent are listed.
     let mut failed = entity(&Merge { disk: 3 }, 2, CommandStatus::Failed, None);
-    failed.failure_reason = Some("block job failed on disk 3".into());
+    failed.failure_reason = Some("block job failed\non disk 3".into());
     db.save(&failed).await;
+    // On one line: a newline would break the table.
     let text = db.ok(&["list", "--status", "FAILED"]);
     assert!(text.contains("block job failed on disk 3"), "{text}");
+    assert_eq!(text.lines().count(), 2, "{text}");
     let json = db.json(&["list", "--status", "failed", "--json"]);
-    assert_eq!(json[0]["failure_reason"], "block job failed on disk 3");
+    assert_eq!(json[0]["failure_reason"], "block job failed\non disk 3");
 }
 
 #[tokio::test]
