@@ -155,7 +155,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// End a hierarchy's commands that have not ended with failure, running no code.
+    /// End with failure every command of a hierarchy that has not ended, running no code.
     ///
     /// The exit for rows no host can run (an unregistered or retired type,
     /// parameters that no longer decode): sets ENDED_WITH_FAILURE with the
@@ -168,7 +168,8 @@ enum Cmd {
         /// Why: stored as the failure reason of every command it ends.
         #[arg(long, value_name = "TEXT")]
         reason: String,
-        /// End it even though a live host owns it (that host may be running it).
+        /// End it even though a live host owns it. That host is not told: commands it is
+        /// running may still write over the end. Stop it first, or use cancel.
         #[arg(long)]
         force: bool,
         /// Do not ask for confirmation (for scripts; without it and without a terminal, fail refuses).
