@@ -8,8 +8,8 @@
 //! cargo run --example live_merge -- --help
 //! ```
 //!
-//! Each `RemoveSnapshot` (command type 1) submits `--children` `Merge`
-//! children (command type 2) in its `execute`. A `Merge`'s `execute` "starts a
+//! Each `RemoveSnapshot` (command type 301) submits `--children` `Merge`
+//! children (command type 302) in its `execute`. A `Merge`'s `execute` "starts a
 //! block job": it records the job's start time, its duration (200–1500 ms)
 //! and whether it will fail (chance `--fail-rate`) in its own fields, which
 //! the coordinator persists with the command once `execute` returned. Its
@@ -18,11 +18,19 @@
 //! merge ended successfully, succeeds with the sum of the merged bytes; a
 //! failed merge fails its parent.
 //!
+//! Each example has command type numbers of its own (store_demo 101–102,
+//! torture_host 201, 202 and 999, live_merge 301–302, web_host 401–402, load
+//! 901–904): run one after another on the same database, none finds rows of
+//! another under its own numbers that it could not decode.
+//!
 //! While the commands run, a live tree of their statuses is redrawn when
-//! stdout is a terminal (a progress line per second otherwise). The last line
-//! is `ended: N succeeded, M failed`, counted over the `RemoveSnapshot`
-//! hierarchies. The exit status is 0 once every hierarchy ended, whatever its
-//! outcome.
+//! stdout is a terminal, within the terminal's size: no line longer than its
+//! width (lines are cut, never wrapped), and when the trees are taller than
+//! it, a summary and the hierarchies still active, one line each. When stdout
+//! is not a terminal (a pipe, a file, CI) nothing is redrawn: a progress line
+//! at most once a second. The last line is `ended: N succeeded, M failed`,
+//! counted over the `RemoveSnapshot` hierarchies. The exit status is 0 once
+//! every hierarchy ended, whatever its outcome.
 //!
 //! Without `--database-url` (or `DATABASE_URL`) the demo runs against a
 //! throwaway PostgreSQL cluster, deleted at exit. With a persistent database
@@ -42,7 +50,8 @@
 //! `RemoveSnapshot` interrupted while submitting its merges submits only the
 //! missing ones, and a merge whose start was never recorded is started again.
 //!
-//! Logs go to stderr, at `warn` unless `RUST_LOG` says otherwise.
+//! Logs go to stderr, at `warn` unless `RUST_LOG` says otherwise, coloured
+//! only when stderr is a terminal.
 
 use std::cell::Cell;
 use std::io::{IsTerminal, Write};
@@ -57,10 +66,17 @@ use command_coordinator::{
     Command, CommandContext, CommandError, CommandId, CommandStatus, CommandStore, Coordinator,
     DatabaseConfig, InterruptedExecute, Outcome, PgStore, PollOutcome, migrate,
 };
+use crossterm::style::{Color, Stylize};
+use crossterm::{cursor, queue, terminal};
 use serde::{Deserialize, Serialize};
 
-/// How many hierarchies the live tree shows; the rest are summarised.
+/// How many hierarchies the trees show; the rest are summarised.
 const SHOWN_TREES: usize = 20;
+/// How much of a failure reason a tree line shows.
+const REASON_CHARS: usize = 60;
+/// How many active hierarchies beyond the first [`SHOWN_TREES`] the live
+/// display reads the merges of: more than any terminal has rows.
+const ACTIVE_DETAILED: usize = 200;
 /// How often the live tree is redrawn.
 const REDRAW: Duration = Duration::from_millis(200);
 /// At most one progress line this often when stdout is not a terminal.
@@ -111,7 +127,7 @@ struct RemoveSnapshot {
 }
 
 impl Command for RemoveSnapshot {
-    const COMMAND_TYPE: i32 = 1;
+    const COMMAND_TYPE: i32 = 301;
     // Idempotent: a rerun submits only the merges not persisted yet.
     const ON_INTERRUPTED_EXECUTE: InterruptedExecute = InterruptedExecute::Rerun;
     type Output = u64;
@@ -173,7 +189,7 @@ impl Merge {
 }
 
 impl Command for Merge {
-    const COMMAND_TYPE: i32 = 2;
+    const COMMAND_TYPE: i32 = 302;
     // The job is simulated: one whose start was never recorded can be
     // started again. (A real one would first ask the host for a running job.)
     const ON_INTERRUPTED_EXECUTE: InterruptedExecute = InterruptedExecute::Rerun;
@@ -224,6 +240,7 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     // Kept alive until the end of main: dropping it stops the cluster.
@@ -232,7 +249,7 @@ async fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("live_merge: {e}");
+            eprintln!("live_merge: {}", command_coordinator::error_chain(&*e));
             ExitCode::FAILURE
         }
     }
@@ -355,15 +372,25 @@ async fn run(
         });
     }
     done.set(true);
-    let drawn = display.await.unwrap_or(0);
+    let drawn = display.await.unwrap_or_default();
 
-    // The final picture, replacing the live one on a terminal.
-    let mut out = String::new();
-    if terminal {
-        clear_lines(&mut out, drawn);
+    // The final picture, replacing the live one on a terminal. It is not
+    // redrawn, so it may scroll: every tree shown (up to SHOWN_TREES), each
+    // line still cut to the terminal's width.
+    let snapshot = Snapshot::take(&coordinator, &roots, ended.get()).await;
+    let width = terminal
+        .then(|| terminal::size().ok())
+        .flatten()
+        .map(|(w, _)| w);
+    {
+        let mut stdout = std::io::stdout().lock();
+        if terminal {
+            let _ = drawn.clear(&mut stdout);
+        }
+        for line in snapshot.trees() {
+            let _ = writeln!(stdout, "{}", line.show(width, terminal));
+        }
     }
-    render(&coordinator, &roots, ended.get(), terminal, &mut out).await;
-    print!("{out}");
 
     let succeeded = outcomes
         .iter()
@@ -394,30 +421,28 @@ async fn run(
 }
 
 /// Redraws the live tree (terminal) or prints progress lines (otherwise)
-/// until `done`; returns how many lines are on screen.
+/// until `done`; returns what is on screen.
 async fn show_progress(
     coordinator: Coordinator,
     roots: Vec<CommandId>,
     ended: Rc<Cell<usize>>,
     done: Rc<Cell<bool>>,
     terminal: bool,
-) -> usize {
-    let mut drawn = 0;
+) -> Frame {
+    let mut frame = Frame::default();
     let mut last_progress: Option<(Instant, usize)> = None;
     while !done.get() {
         if terminal {
-            let mut out = String::new();
-            clear_lines(&mut out, drawn);
-            let lines = render(&coordinator, &roots, ended.get(), true, &mut out).await;
+            let snapshot = Snapshot::take(&coordinator, &roots, ended.get()).await;
             if done.get() {
-                // The final render replaces the frame on screen; don't flash a
-                // stale one in between.
+                // The final picture replaces the frame on screen; don't flash
+                // a stale one in between.
                 break;
             }
-            drawn = lines;
+            // Asked every time: the terminal may have been resized.
+            let size = terminal::size().unwrap_or((80, 24));
             let mut stdout = std::io::stdout().lock();
-            let _ = stdout.write_all(out.as_bytes());
-            let _ = stdout.flush();
+            let _ = frame.redraw(&mut stdout, &snapshot.fit(size), size);
         } else {
             let now = Instant::now();
             let count = ended.get();
@@ -430,73 +455,246 @@ async fn show_progress(
         }
         actix::clock::sleep(REDRAW).await;
     }
-    drawn
+    frame
 }
 
-/// Moves the cursor up over the `lines` last drawn and clears them.
-fn clear_lines(out: &mut String, lines: usize) {
-    if lines > 0 {
-        out.push_str(&format!("\x1b[{lines}A\r\x1b[J"));
+/// What the live display has on screen: how many lines, at which size.
+#[derive(Default)]
+struct Frame {
+    lines: u16,
+    size: Option<(u16, u16)>,
+}
+
+impl Frame {
+    /// Replaces the lines on screen with `lines`. They fit `size`: at most
+    /// one line fewer than its rows (the cursor rests on the last), none
+    /// wider than its columns less one (so that none wraps, and the cursor
+    /// can go back up exactly as many lines as were written). After a resize,
+    /// the old lines may have wrapped or scrolled away: the screen is cleared.
+    fn redraw(
+        &mut self,
+        out: &mut impl Write,
+        lines: &[String],
+        size: (u16, u16),
+    ) -> std::io::Result<()> {
+        if self.size.is_some_and(|old| old != size) {
+            queue!(
+                out,
+                terminal::Clear(terminal::ClearType::All),
+                cursor::MoveTo(0, 0)
+            )?;
+        } else {
+            self.clear(out)?;
+        }
+        for line in lines {
+            writeln!(out, "{line}")?;
+        }
+        out.flush()?;
+        self.lines = lines.len() as u16;
+        self.size = Some(size);
+        Ok(())
+    }
+
+    /// Moves the cursor up over the lines drawn and clears them.
+    fn clear(&self, out: &mut impl Write) -> std::io::Result<()> {
+        if self.lines > 0 {
+            queue!(
+                out,
+                cursor::MoveUp(self.lines),
+                cursor::MoveToColumn(0),
+                terminal::Clear(terminal::ClearType::FromCursorDown)
+            )?;
+        }
+        out.flush()
     }
 }
 
-/// Appends the trees of the first roots (and a summary line) to `out`;
-/// returns the number of lines appended.
-async fn render(
-    coordinator: &Coordinator,
-    roots: &[CommandId],
-    ended: usize,
-    colour: bool,
-    out: &mut String,
-) -> usize {
-    let mut lines = Vec::new();
-    for (i, &root) in roots.iter().take(SHOWN_TREES).enumerate() {
-        let status = coordinator.status(root).await.ok().flatten();
-        lines.push(format!(
-            "RemoveSnapshot {:>2} {}  {}",
-            i + 1,
-            short(root),
-            paint(status, colour)
-        ));
-        let children = coordinator.children(root).await.unwrap_or_default();
-        for (j, &child) in children.iter().enumerate() {
-            let status = coordinator.status(child).await.ok().flatten();
-            let reason = if is_failure(status) {
-                match coordinator.get(child).await {
-                    Ok(Some(row)) => row.failure_reason,
-                    _ => None,
-                }
-            } else {
-                None
-            };
-            let branch = if j + 1 == children.len() {
-                "└─"
-            } else {
-                "├─"
-            };
-            let mut line = format!(
-                "  {branch} Merge disk-{j} {}  {}",
-                short(child),
-                paint(status, colour)
-            );
-            if let Some(reason) = reason {
-                line.push_str(&format!("  ({})", truncate(&reason, 60)));
+/// One line of the display, in spans so that it can be cut to a width
+/// before it is coloured (escape codes have no width).
+struct Line(Vec<(String, Option<Color>)>);
+
+impl Line {
+    fn plain(text: impl Into<String>) -> Self {
+        Self(vec![(text.into(), None)])
+    }
+
+    fn push(mut self, text: impl Into<String>, colour: Option<Color>) -> Self {
+        self.0.push((text.into(), colour));
+        self
+    }
+
+    /// The line cut to `width` columns less one (with `…`), coloured when `colour`.
+    fn show(&self, width: Option<u16>, colour: bool) -> String {
+        let mut room = width.map_or(usize::MAX, |w| usize::from(w).saturating_sub(1));
+        let total: usize = self.0.iter().map(|(t, _)| t.chars().count()).sum();
+        let cut = total > room;
+        if cut {
+            room = room.saturating_sub(1);
+        }
+        let mut out = String::new();
+        for (text, hue) in &self.0 {
+            if room == 0 {
+                break;
             }
-            lines.push(line);
+            let part: String = text.chars().take(room).collect();
+            room -= part.chars().count();
+            match hue {
+                Some(hue) if colour => out.push_str(&part.with(*hue).to_string()),
+                _ => out.push_str(&part),
+            }
+        }
+        if cut {
+            out.push('…');
+        }
+        out
+    }
+}
+
+/// One hierarchy as the display shows it.
+struct Tree {
+    root: CommandId,
+    status: Option<CommandStatus>,
+    merges: Vec<(CommandId, Option<CommandStatus>, Option<String>)>,
+}
+
+/// The statuses of the hierarchies at one moment.
+struct Snapshot {
+    trees: Vec<Tree>,
+    total: usize,
+    ended: usize,
+}
+
+impl Snapshot {
+    /// Reads the first [`SHOWN_TREES`] hierarchies and up to
+    /// [`ACTIVE_DETAILED`] more active ones, and the status of every root,
+    /// from the coordinator.
+    async fn take(coordinator: &Coordinator, roots: &[CommandId], ended: usize) -> Self {
+        let mut trees = Vec::with_capacity(roots.len());
+        let mut detailed = 0;
+        for (i, &root) in roots.iter().enumerate() {
+            let status = coordinator.status(root).await.ok().flatten();
+            let mut merges = Vec::new();
+            let detail = i < SHOWN_TREES || (!is_ended(status) && detailed < ACTIVE_DETAILED);
+            if detail {
+                detailed += usize::from(i >= SHOWN_TREES);
+                for child in coordinator.children(root).await.unwrap_or_default() {
+                    let status = coordinator.status(child).await.ok().flatten();
+                    let reason = if is_failure(status) {
+                        match coordinator.get(child).await {
+                            Ok(Some(row)) => row.failure_reason,
+                            _ => None,
+                        }
+                    } else {
+                        None
+                    };
+                    merges.push((child, status, reason));
+                }
+            }
+            trees.push(Tree {
+                root,
+                status,
+                merges,
+            });
+        }
+        Self {
+            trees,
+            total: roots.len(),
+            ended,
         }
     }
-    if roots.len() > SHOWN_TREES {
-        lines.push(format!(
-            "… and {} more hierarchies not shown",
-            roots.len() - SHOWN_TREES
-        ));
+
+    /// The first [`SHOWN_TREES`] hierarchies as trees, then a summary line.
+    fn trees(&self) -> Vec<Line> {
+        let mut lines = Vec::new();
+        for (i, tree) in self.trees.iter().take(SHOWN_TREES).enumerate() {
+            lines.push(root_line(i, tree));
+            for (j, (child, status, reason)) in tree.merges.iter().enumerate() {
+                let branch = if j + 1 == tree.merges.len() {
+                    "└─"
+                } else {
+                    "├─"
+                };
+                let mut line =
+                    Line::plain(format!("  {branch} Merge disk-{j} {}  ", short(*child)))
+                        .push(name(*status), hue(*status));
+                if let Some(reason) = reason {
+                    line = line.push(format!("  ({})", truncate(reason, REASON_CHARS)), None);
+                }
+                lines.push(line);
+            }
+        }
+        if self.total > SHOWN_TREES {
+            lines.push(Line::plain(format!(
+                "… and {} more hierarchies not shown",
+                self.total - SHOWN_TREES
+            )));
+        }
+        lines.push(Line::plain(format!(
+            "ended {}/{} hierarchies",
+            self.ended, self.total
+        )));
+        lines
     }
-    lines.push(format!("ended {ended}/{} hierarchies", roots.len()));
-    for line in &lines {
-        out.push_str(line);
-        out.push('\n');
+
+    /// The display for a terminal of `(columns, rows)`: the trees when they
+    /// fit, else a summary and the hierarchies still active, one line each
+    /// (as many as fit).
+    fn fit(&self, (columns, rows): (u16, u16)) -> Vec<String> {
+        let room = usize::from(rows).saturating_sub(1).max(1);
+        let show = |lines: Vec<Line>| -> Vec<String> {
+            lines.iter().map(|l| l.show(Some(columns), true)).collect()
+        };
+        let trees = self.trees();
+        if trees.len() <= room {
+            return show(trees);
+        }
+        let active: Vec<(usize, &Tree)> = self
+            .trees
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !is_ended(t.status))
+            .collect();
+        let mut lines = vec![Line::plain(format!(
+            "ended {}/{} hierarchies, {} active:",
+            self.ended,
+            self.total,
+            active.len()
+        ))];
+        // Room for the active ones, keeping a line for "… and N more".
+        let fits = if active.len() < room {
+            active.len()
+        } else {
+            room.saturating_sub(2)
+        };
+        for &(i, tree) in active.iter().take(fits) {
+            let merges_ended = tree.merges.iter().filter(|(_, s, _)| is_ended(*s)).count();
+            lines.push(
+                Line::plain(format!("{:>3} {}  ", i + 1, short(tree.root)))
+                    .push(name(tree.status), hue(tree.status))
+                    .push(
+                        format!("  merges ended {merges_ended}/{}", tree.merges.len()),
+                        None,
+                    ),
+            );
+        }
+        if fits < active.len() && lines.len() < room {
+            lines.push(Line::plain(format!(
+                "… and {} more active",
+                active.len() - fits
+            )));
+        }
+        show(lines)
     }
-    lines.len()
+}
+
+/// `RemoveSnapshot  3 1b2c3d4e  ACTIVE`.
+fn root_line(i: usize, tree: &Tree) -> Line {
+    Line::plain(format!(
+        "RemoveSnapshot {:>2} {}  ",
+        i + 1,
+        short(tree.root)
+    ))
+    .push(name(tree.status), hue(tree.status))
 }
 
 fn short(id: CommandId) -> String {
@@ -521,17 +719,20 @@ fn is_failure(status: Option<CommandStatus>) -> bool {
     )
 }
 
-/// The status name, coloured with ANSI escapes when `colour`.
-fn paint(status: Option<CommandStatus>, colour: bool) -> String {
-    let name = status.map_or("?", CommandStatus::as_str);
-    if !colour {
-        return name.to_owned();
-    }
-    let code = match status {
-        Some(CommandStatus::EndedSuccessfully) => "32",
-        Some(CommandStatus::Active | CommandStatus::Succeeded) => "33",
-        _ if is_failure(status) => "31",
-        _ => "2",
-    };
-    format!("\x1b[{code}m{name}\x1b[0m")
+fn is_ended(status: Option<CommandStatus>) -> bool {
+    status.is_some_and(CommandStatus::is_ended)
+}
+
+fn name(status: Option<CommandStatus>) -> &'static str {
+    status.map_or("?", CommandStatus::as_str)
+}
+
+/// Green success, yellow running, red failure, grey the rest.
+fn hue(status: Option<CommandStatus>) -> Option<Color> {
+    Some(match status {
+        Some(CommandStatus::EndedSuccessfully) => Color::Green,
+        Some(CommandStatus::Active | CommandStatus::Succeeded) => Color::Yellow,
+        _ if is_failure(status) => Color::Red,
+        _ => Color::DarkGrey,
+    })
 }

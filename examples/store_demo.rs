@@ -7,6 +7,12 @@
 //!
 //! Without `--database-url` (or `DATABASE_URL`) it starts a throwaway cluster
 //! from the local PostgreSQL binaries and removes it at exit.
+//!
+//! Its rows are of command types 101 (`RemoveSnapshot`) and 102 (`Merge`):
+//! each example has numbers of its own (torture_host 201, 202 and 999,
+//! live_merge 301–302, web_host 401–402, load 901–904), so that a host
+//! example run later on the same database does not take these rows for its
+//! own types and fail to decode them.
 
 use command_coordinator::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use command_coordinator::{
@@ -14,6 +20,11 @@ use command_coordinator::{
     migrate,
 };
 use serde::Serialize;
+
+/// Its command type: see the module doc.
+const REMOVE_SNAPSHOT: i32 = 101;
+/// Its command type: see the module doc.
+const MERGE: i32 = 102;
 
 #[derive(Serialize)]
 struct RemoveSnapshot {
@@ -32,7 +43,18 @@ struct MergeOutput {
 }
 
 #[actix::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line: the error and its causes, not a Debug dump.
+            eprintln!("store_demo: {}", command_coordinator::error_chain(&*e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mut url = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
     while let Some(arg) = args.next() {
@@ -66,7 +88,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A RemoveSnapshot parent with three Merge children, in several states.
     let root = CommandEntity::new(
         CommandId::new(),
-        1,
+        REMOVE_SNAPSHOT,
         JsonPayload::encode(&RemoveSnapshot {
             vm: "vm-42".into(),
             snapshot: "before-upgrade".into(),
@@ -84,7 +106,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let merge = Merge {
             disk: format!("disk-{i}"),
         };
-        let mut child = CommandEntity::new(CommandId::new(), 2, JsonPayload::encode(&merge)?)
+        let mut child = CommandEntity::new(CommandId::new(), MERGE, JsonPayload::encode(&merge)?)
             .with_parent(&root);
         child.status = status;
         child.executed = true;

@@ -46,9 +46,23 @@
 //! progressing. Without `--database-url` (or `DATABASE_URL`) the database is
 //! a throwaway cluster deleted at exit, so nothing survives.
 //!
-//! Logs go to stderr, at `info` for this example unless `RUST_LOG` says otherwise.
+//! Its command types are numbered 401 (`RemoveSnapshot`) and 402 (`Merge`):
+//! each example has numbers of its own (store_demo 101–102, torture_host
+//! 201, 202 and 999, live_merge 301–302, load 901–904), so that running one
+//! after another on the same database leaves no rows the next one would read
+//! as its own type and fail to decode.
+//!
+//! It listens before it says so: the URL printed is one that answers. Errors
+//! (the address in use, the database unreachable) are one line on stderr and
+//! exit status 1. Every error answer of the API is JSON (`{"error": "…"}`), a
+//! request body that is not the JSON expected too.
+//!
+//! Logs go to stderr, at `info` for this example unless `RUST_LOG` says
+//! otherwise, coloured only when stderr is a terminal.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -59,6 +73,7 @@ use command_coordinator::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use command_coordinator::{
     CancelOutcome, Command, CommandContext, CommandEntity, CommandError, CommandId, CommandStore,
     Coordinator, CoordinatorError, DatabaseConfig, InterruptedExecute, PgStore, PollOutcome,
+    error_chain,
 };
 use command_coordinator_dashboard::Dashboard;
 use serde::{Deserialize, Serialize};
@@ -85,7 +100,7 @@ struct RemoveSnapshot {
 }
 
 impl Command for RemoveSnapshot {
-    const COMMAND_TYPE: i32 = 1;
+    const COMMAND_TYPE: i32 = 401;
     // Safe to rerun: it submits only the merges not persisted yet.
     const ON_INTERRUPTED_EXECUTE: InterruptedExecute = InterruptedExecute::Rerun;
     type Output = u64;
@@ -135,7 +150,7 @@ struct MergeOutput {
 }
 
 impl Command for Merge {
-    const COMMAND_TYPE: i32 = 2;
+    const COMMAND_TYPE: i32 = 402;
     const ON_INTERRUPTED_EXECUTE: InterruptedExecute = InterruptedExecute::Rerun;
     type Output = MergeOutput;
 
@@ -197,6 +212,30 @@ fn coordinator_error(e: CoordinatorError) -> HttpResponse {
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e)
+}
+
+/// A request body that is not the JSON expected: answered as JSON like
+/// every other error (actix-web's default is a plain-text 400).
+fn bad_json(
+    err: actix_web::error::JsonPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    let status = match &err {
+        actix_web::error::JsonPayloadError::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        actix_web::error::JsonPayloadError::Overflow { .. }
+        | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let why = match &err {
+        actix_web::error::JsonPayloadError::ContentType => {
+            "expected content-type: application/json".to_owned()
+        }
+        other => error_chain(other),
+    };
+    let response = error(status, format!("bad request body: {why}"));
+    actix_web::error::InternalError::from_response(err, response).into()
 }
 
 fn bad_id(raw: &str) -> HttpResponse {
@@ -318,7 +357,7 @@ fn node(
 }
 
 #[actix_web::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -326,10 +365,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,web_host=info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     // Kept alive until the end of main: dropping it stops the cluster.
     let mut embedded: Option<EmbeddedPostgres> = None;
+    let result = serve(args, &mut embedded).await;
+    drop(embedded);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line: the error and its causes, not a Debug dump.
+            eprintln!("web_host: {}", error_chain(&*e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(
+    args: Args,
+    embedded: &mut Option<EmbeddedPostgres>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // The address first: one in use is reported before a database is
+    // started or a coordinator takes its host lock, and once it is bound the
+    // URL announced below answers.
+    let listener = std::net::TcpListener::bind(&args.bind)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.bind))?;
     let url = match args
         .database_url
         .or_else(|| std::env::var("DATABASE_URL").ok())
@@ -350,36 +411,50 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .poll_interval(Duration::from_millis(500))
         .max_poll_interval(Duration::from_secs(2))
         .start()
-        .await?;
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot start the coordinator on {config}: {}",
+                error_chain(&e)
+            )
+        })?;
     // The dashboard cancels through the coordinator, so its live commands
     // learn it at once; a host would add `.wrap(its_auth_middleware)` to the scope.
     let dashboard = Dashboard::new(store.clone())
         .base_path("/dashboard")?
         .with_coordinator(coordinator.clone());
-    eprintln!(
-        "web_host: listening on http://{} (database {config})",
-        args.bind
-    );
-    eprintln!("web_host: dashboard at http://{}/dashboard/", args.bind);
 
     let data_coordinator = web::Data::new(coordinator.clone());
     let data_store = web::Data::new(store);
-    HttpServer::new(move || {
+    let json_config = web::JsonConfig::default().error_handler(bad_json);
+    let server = HttpServer::new(move || {
         App::new()
             .app_data(data_coordinator.clone())
             .app_data(data_store.clone())
+            .app_data(json_config.clone())
             .service(submit)
             .service(show)
             .service(cancel)
             .service(dashboard.scope())
     })
     .workers(2)
-    .bind(&args.bind)?
-    .run()
-    .await?;
+    .listen(listener);
+    let server = match server {
+        Ok(server) => server,
+        Err(e) => {
+            // Commit what is queued before giving up: nothing is lost.
+            coordinator.shutdown().await;
+            return Err(format!("cannot serve on {}: {e}", args.bind).into());
+        }
+    };
+    // The addresses printed answer (with port 0, the one the system chose).
+    for addr in server.addrs() {
+        eprintln!("web_host: listening on http://{addr} (database {config})");
+        eprintln!("web_host: dashboard at http://{addr}/dashboard/");
+    }
+    let result = server.run().await;
 
     // Ctrl-C: commit what is queued; unfinished commands resume next start.
     coordinator.shutdown().await;
-    drop(embedded);
-    Ok(())
+    result.map_err(|e| format!("the server failed: {e}").into())
 }

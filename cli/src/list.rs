@@ -3,13 +3,43 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use command_coordinator::CommandId;
 use command_coordinator::tokio_postgres::Row;
+use command_coordinator::{CommandId, CommandStatus};
 use serde_json::json;
 
 use crate::db::{CliError, Db, Result};
 use crate::duration::{before_now, human};
-use crate::output::{cell, colour, emit, paint, table, type_label};
+use crate::id::short;
+use crate::output::{cell, colour, emit, emit_json, flat, paint, table, truncate, type_label};
+
+/// How much of a failure reason the table shows without `--wide`.
+const REASON_CHARS: usize = 60;
+
+/// `--status`: one of [`CommandStatus::ALL`], in any case, as stored. A
+/// typo must not pass for "no such commands".
+pub fn parse_status(text: &str) -> std::result::Result<String, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    match upper.parse::<CommandStatus>() {
+        Ok(status) => Ok(status.as_str().to_owned()),
+        Err(_) => {
+            let known: Vec<&str> = CommandStatus::ALL.iter().map(|s| s.as_str()).collect();
+            // clap puts the value in front: "invalid value 'actve' for '--status'".
+            Err(format!(
+                "not a status; the statuses are {}",
+                known.join(", ")
+            ))
+        }
+    }
+}
+
+/// `--limit`: at least 1 (`--limit 0` would list nothing, silently).
+pub fn parse_limit(text: &str) -> std::result::Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("not a number of commands (1 or more)".to_owned()),
+    }
+}
 
 /// What `list` selects.
 pub struct Filter {
@@ -22,7 +52,7 @@ pub struct Filter {
     pub limit: u32,
 }
 
-pub async fn run(db: &Db, filter: Filter, json: bool) -> Result<()> {
+pub async fn run(db: &Db, filter: Filter, wide: bool, json: bool) -> Result<()> {
     let statuses: Option<Vec<String>> =
         (!filter.statuses.is_empty()).then(|| filter.statuses.clone());
     let (type_number, type_name): (Option<i32>, Option<String>) = match &filter.command_type {
@@ -48,7 +78,7 @@ pub async fn run(db: &Db, filter: Filter, json: bool) -> Result<()> {
     let sql = format!(
         "SELECT command_id, command_type, command_params_class, status, executed, \
                 callback_notified, created_at, updated_at, ended_at, parent_command_id, \
-                root_command_id, cancel_requested_at IS NOT NULL \
+                root_command_id, cancel_requested_at IS NOT NULL, failure_reason \
          FROM {t} \
          WHERE ($1::text[] IS NULL OR status = ANY($1::text[])) \
            AND ($2::int4 IS NULL OR command_type = $2::int4) \
@@ -76,13 +106,15 @@ pub async fn run(db: &Db, filter: Filter, json: bool) -> Result<()> {
         )
         .await?;
     let listed: Vec<Listed> = rows.iter().map(Listed::from_row).collect();
+    if listed.is_empty()
+        && let Some(wanted) = &filter.command_type
+    {
+        check_type(db, wanted, type_number).await?;
+    }
 
     if json {
         let array: Vec<_> = listed.iter().map(Listed::to_json).collect();
-        emit(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&array).expect("JSON values serialize")
-        ));
+        emit_json(&serde_json::Value::Array(array));
         return Ok(());
     }
     if listed.is_empty() {
@@ -95,8 +127,11 @@ pub async fn run(db: &Db, filter: Filter, json: bool) -> Result<()> {
         .iter()
         .map(|l| {
             let status = l.status.as_deref().unwrap_or("NULL");
+            let id = |id: CommandId| if wide { id.to_string() } else { short(id) };
+            let reason = flat(l.reason.as_deref().unwrap_or(""));
             vec![
-                cell(l.id.to_string()),
+                cell(id(l.id)),
+                cell(l.parent.map_or("-".to_owned(), id)),
                 cell(type_label(l.command_type, l.class.as_deref())),
                 (paint(status, colour), status.chars().count()),
                 cell(yes_no(l.executed)),
@@ -106,12 +141,17 @@ pub async fn run(db: &Db, filter: Filter, json: bool) -> Result<()> {
                     l.updated_at
                         .map_or("?".into(), |t| format!("{} ago", human(now - t))),
                 ),
+                cell(if wide {
+                    reason
+                } else {
+                    truncate(&reason, REASON_CHARS)
+                }),
             ]
         })
         .collect();
     emit(&table(
         &[
-            "ID", "TYPE", "STATUS", "EXECUTED", "NOTIFIED", "AGE", "UPDATED",
+            "ID", "PARENT", "TYPE", "STATUS", "EXECUTED", "NOTIFIED", "AGE", "UPDATED", "REASON",
         ],
         &body,
     ));
@@ -119,6 +159,48 @@ pub async fn run(db: &Db, filter: Filter, json: bool) -> Result<()> {
         eprintln!("showing the newest {limit} matching commands; --limit N shows more");
     }
     Ok(())
+}
+
+/// Nothing matched a filter that names a type: say so when no command of
+/// that type is stored at all (a typo, or the wrong number), with the types
+/// that are. Asked only after an empty result: the table has no index on
+/// the type, and a match already proves the type exists.
+async fn check_type(db: &Db, wanted: &str, number: Option<i32>) -> Result<()> {
+    let t = db.table();
+    let exists: bool = db
+        .query(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM {t} \
+                  WHERE command_type = $1::int4 OR command_params_class = $2::text \
+                     OR right(command_params_class, length($2::text) + 2) = '::' || $2::text)"
+            ),
+            &[&number, &wanted],
+        )
+        .await?[0]
+        .get(0);
+    if exists {
+        return Ok(());
+    }
+    let stored: Vec<String> = db
+        .query(
+            &format!(
+                "SELECT command_type, min(command_params_class) FROM {t} \
+                 GROUP BY command_type ORDER BY command_type"
+            ),
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| type_label(r.get(0), r.get::<_, Option<&str>>(1)))
+        .collect();
+    let stored = if stored.is_empty() {
+        "none, the table is empty".to_owned()
+    } else {
+        stored.join(", ")
+    };
+    Err(CliError::usage(format!(
+        "no command of type {wanted:?} is stored; the stored types are: {stored}"
+    )))
 }
 
 fn yes_no(flag: Option<bool>) -> &'static str {
@@ -144,6 +226,7 @@ struct Listed {
     parent: Option<CommandId>,
     root: Option<CommandId>,
     cancel_requested: bool,
+    reason: Option<String>,
 }
 
 impl Listed {
@@ -161,6 +244,7 @@ impl Listed {
             parent: row.get::<_, Option<_>>(9).map(CommandId::from_uuid),
             root: row.get::<_, Option<_>>(10).map(CommandId::from_uuid),
             cancel_requested: row.get(11),
+            reason: row.get(12),
         }
     }
 
@@ -179,6 +263,7 @@ impl Listed {
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "ended_at": self.ended_at,
+            "failure_reason": self.reason,
         })
     }
 }

@@ -5,47 +5,66 @@
 //! ```text
 //! command-coordinator --database-url postgres://app@db/app migrate
 //! command-coordinator list --status ACTIVE --older-than 2h
-//! command-coordinator show 0b7e…            # the whole hierarchy, as a tree
+//! command-coordinator show 0b7e12ab             # the whole hierarchy, as a tree
 //! command-coordinator stats --json
 //! command-coordinator cleanup --older-than 30days --dry-run
-//! command-coordinator cancel 0b7e…
+//! command-coordinator cancel 0b7e12ab
+//! command-coordinator fail 0b7e12ab --reason "type 7 was retired"   # rows no host can run
+//! command-coordinator remove 0b7e12ab           # one hierarchy that has ended
 //! command-coordinator serve --bind 127.0.0.1:8080 --read-only   # the web dashboard
 //! ```
 //!
-//! What removes or cancels asks first on a terminal (`--yes` for scripts; with
-//! no terminal to ask and no `--yes`, it refuses), and cleanup refuses a
-//! retention under [`MIN_RETENTION`] without `--force`: `--older-than 0s`, or
-//! `7m` (minutes) typed by someone who meant months, would remove everything
-//! that just ended.
+//! Wherever it takes a command id it also takes the first 8 (or more)
+//! characters of one, as the tables and the demo print them; a prefix that
+//! matches no command or several is an error that says so.
 //!
-//! Errors are one line on stderr; the exit status is 2 for bad usage and 1
-//! for anything that went wrong at run time (unreachable database, no such
+//! Every subcommand that prints data takes `--json` (`serve` prints none):
+//! one JSON document on stdout, anything said before a confirmation going
+//! to stderr instead.
+//!
+//! What removes, ends or cancels asks first on a terminal (`--yes` for
+//! scripts; with no terminal to ask and no `--yes`, it refuses). Cleanup
+//! refuses a retention under [`cleanup::MIN_RETENTION`] without `--force`:
+//! `--older-than 0s`, or `7m` (minutes) typed by someone who meant months,
+//! would remove everything that just ended. `fail` refuses a hierarchy that
+//! a live host owns without `--force`, and `remove` one that has not ended.
+//!
+//! `cancel` only records a request that a host carries out; a row no host
+//! can run (its type registered by none, its parameters no longer decoding)
+//! never ends that way. `fail` is the exit for those: it ends the hierarchy's
+//! commands with failure in the database, running no code; `remove` (or
+//! cleanup, later) then deletes it.
+//!
+//! Errors are one line on stderr that says what happened once; the exit
+//! status is 2 for bad usage (and for a refusal that a flag would lift) and
+//! 1 for anything that went wrong at run time (unreachable database, no such
 //! command).
 
+mod cancel;
+mod cleanup;
 mod db;
 mod duration;
+mod fail;
+mod hierarchy;
+mod id;
 mod list;
 mod output;
+mod remove;
 mod serve;
 mod show;
 mod stats;
 
-use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
-use command_coordinator::{CancelOutcome, CommandId, CommandStore, SchemaName};
+use command_coordinator::SchemaName;
 
 use db::{CliError, Db, Result};
-use output::emit;
-
-/// The shortest retention `cleanup` applies without `--force`. Ended
-/// hierarchies are what an operator reads when something went wrong; a
-/// retention shorter than this is far more likely a slip (`0s`, or `7m`
-/// meaning 7 minutes) than a plan.
-const MIN_RETENTION: Duration = Duration::from_secs(3600);
+use id::IdArg;
+use output::{emit, emit_json};
+use serde_json::json;
 
 /// Inspect and manage the commands of command-coordinator in PostgreSQL.
 #[derive(Parser, Debug)]
@@ -70,13 +89,21 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Create the schema if needed and apply pending migrations.
-    Migrate,
+    Migrate {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List commands, newest first.
     List(ListArgs),
     /// Draw the whole hierarchy containing a command.
     Show {
-        /// Any command of the hierarchy; the tree starts at its root.
-        id: CommandId,
+        /// Any command of the hierarchy (its id, or the first 8+ characters); the tree starts at its root.
+        #[arg(value_parser = IdArg::parse)]
+        id: IdArg,
+        /// Full ids and untruncated reasons (the default fits 100 columns).
+        #[arg(long)]
+        wide: bool,
         /// Print the tree as nested JSON.
         #[arg(long)]
         json: bool,
@@ -108,16 +135,64 @@ enum Cmd {
         /// Do not ask for confirmation (for scripts; without it and without a terminal, cleanup refuses).
         #[arg(long, short = 'y')]
         yes: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Request cancellation of a command and its descendants that have not ended.
     ///
-    /// Says how many commands it will cancel and asks first (--yes for scripts).
+    /// A host carries the request out, and only one that registers the
+    /// commands' types; for rows no host can run, use `fail`. Says how many
+    /// commands it will cancel and asks first (--yes for scripts).
     Cancel {
-        /// The command to cancel.
-        id: CommandId,
+        /// The command to cancel (its id, or the first 8+ characters).
+        #[arg(value_parser = IdArg::parse)]
+        id: IdArg,
         /// Do not ask for confirmation (for scripts; without it and without a terminal, cancel refuses).
         #[arg(long, short = 'y')]
         yes: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End with failure every command of a hierarchy that has not ended, running no code.
+    ///
+    /// The exit for rows no host can run (an unregistered or retired type,
+    /// parameters that no longer decode): sets ENDED_WITH_FAILURE with the
+    /// reason, marks the end delivered, runs no end method. Refuses while a
+    /// live host owns the hierarchy (--force to go ahead); asks first (--yes).
+    Fail {
+        /// Any command of the hierarchy (its id, or the first 8+ characters).
+        #[arg(value_parser = IdArg::parse)]
+        id: IdArg,
+        /// Why: stored as the failure reason of every command it ends.
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+        /// End it even though a live host owns it. The rows lose their owner: that host's
+        /// next write to them is refused and it stops them (code already running finishes
+        /// its call). Prefer cancel while a host runs them.
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation (for scripts; without it and without a terminal, fail refuses).
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove one hierarchy whose every command ended, now.
+    ///
+    /// Refuses while any command of it has not ended; asks first (--yes).
+    Remove {
+        /// Any command of the hierarchy (its id, or the first 8+ characters).
+        #[arg(value_parser = IdArg::parse)]
+        id: IdArg,
+        /// Do not ask for confirmation (for scripts; without it and without a terminal, remove refuses).
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Serve the web dashboard (basic auth when COMMAND_COORDINATOR_DASHBOARD_TOKEN is set).
     Serve {
@@ -135,8 +210,8 @@ enum Cmd {
 
 #[derive(Args, Debug)]
 struct ListArgs {
-    /// Only this status, as stored (ACTIVE, ENDED_WITH_FAILURE...); repeatable.
-    #[arg(long, value_name = "STATUS")]
+    /// Only this status (ACTIVE, ended_with_failure...; any case); repeatable.
+    #[arg(long, value_name = "STATUS", value_parser = list::parse_status)]
     status: Vec<String>,
     /// Only this type: its number, or its class name (Merge, or a full path).
     #[arg(long = "type", value_name = "N")]
@@ -147,12 +222,15 @@ struct ListArgs {
     /// Only commands created within this (90s, 15min, 2h, 7days; m is minutes, M months).
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     newer_than: Option<Duration>,
-    /// Only the hierarchy of this root.
-    #[arg(long, value_name = "ID")]
-    root: Option<CommandId>,
-    /// At most this many commands.
-    #[arg(long, default_value_t = 100, value_name = "N")]
+    /// Only the hierarchy of this root (its id, or the first 8+ characters).
+    #[arg(long, value_name = "ID", value_parser = IdArg::parse)]
+    root: Option<IdArg>,
+    /// At most this many commands (at least 1).
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = list::parse_limit)]
     limit: u32,
+    /// Full ids and untruncated reasons.
+    #[arg(long)]
+    wide: bool,
     /// Print a JSON array.
     #[arg(long)]
     json: bool,
@@ -207,27 +285,61 @@ async fn run(cli: Cli) -> Result<()> {
     })?;
     let db = Db::new(&url, cli.schema)?;
     match cli.command {
-        Cmd::Migrate => migrate(&db).await,
+        Cmd::Migrate { json } => migrate(&db, json).await,
         Cmd::List(a) => {
+            let root = match &a.root {
+                Some(root) => Some(root.resolve(&db).await?),
+                None => None,
+            };
             let filter = list::Filter {
                 statuses: a.status,
                 command_type: a.command_type,
                 older_than: a.older_than,
                 newer_than: a.newer_than,
-                root: a.root,
+                root,
                 limit: a.limit,
             };
-            list::run(&db, filter, a.json).await
+            list::run(&db, filter, a.wide, a.json).await
         }
-        Cmd::Show { id, json } => show::run(&db, id, json).await,
+        Cmd::Show { id, wide, json } => {
+            let id = id.resolve(&db).await?;
+            show::run(&db, id, wide, json).await
+        }
         Cmd::Stats { retention, json } => stats::run(&db, retention, json).await,
         Cmd::Cleanup {
             older_than,
             dry_run,
             force,
             yes,
-        } => cleanup(&db, older_than, dry_run, force, yes).await,
-        Cmd::Cancel { id, yes } => cancel(&db, id, yes).await,
+            json,
+        } => {
+            let args = cleanup::Cleanup {
+                older_than,
+                dry_run,
+                force,
+                yes,
+                json,
+            };
+            cleanup::run(&db, args).await
+        }
+        Cmd::Cancel { id, yes, json } => cancel::run(&db, cancel::Cancel { id, yes, json }).await,
+        Cmd::Fail {
+            id,
+            reason,
+            force,
+            yes,
+            json,
+        } => {
+            let args = fail::Fail {
+                id,
+                reason,
+                force,
+                yes,
+                json,
+            };
+            fail::run(&db, args).await
+        }
+        Cmd::Remove { id, yes, json } => remove::run(&db, remove::Remove { id, yes, json }).await,
         Cmd::Serve {
             bind,
             read_only,
@@ -248,10 +360,14 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn migrate(db: &Db) -> Result<()> {
+async fn migrate(db: &Db, json: bool) -> Result<()> {
     let report = command_coordinator::migrate(db.store.pool(), db.schema())
         .await
-        .map_err(|e| db.store_error(e))?;
+        .map_err(|e| db.store_error("apply the migrations", e))?;
+    if json {
+        emit_json(&json!({ "schema": db.schema().as_str(), "applied": report.applied }));
+        return Ok(());
+    }
     let mut out = String::new();
     for name in &report.applied {
         out.push_str(&format!("applied {name}\n"));
@@ -270,153 +386,4 @@ async fn migrate(db: &Db) -> Result<()> {
     }
     emit(&out);
     Ok(())
-}
-
-async fn cleanup(
-    db: &Db,
-    older_than: Duration,
-    dry_run: bool,
-    force: bool,
-    yes: bool,
-) -> Result<()> {
-    let cutoff = duration::before_now(older_than).map_err(CliError::usage)?;
-    // In words and as a date, so that "7m" cannot pass for seven months.
-    let ended = format!(
-        "ended more than {} ago (before {})",
-        duration::words(older_than),
-        cutoff.format("%Y-%m-%d %H:%M:%S UTC")
-    );
-    if older_than < MIN_RETENTION && !force && !dry_run {
-        return Err(CliError::usage(format!(
-            "refusing to remove hierarchies that {ended}: --older-than is under the 1 hour floor \
-             and could remove everything that just ended. For months write e.g. 7months (7m is \
-             7 minutes); to go ahead anyway, add --force"
-        )));
-    }
-    let expired = db
-        .store
-        .expired(cutoff)
-        .await
-        .map_err(|e| db.store_error(e))?;
-    let what = format!(
-        "{} rows in {} hierarchies that {ended}",
-        expired.rows, expired.hierarchies
-    );
-    if dry_run {
-        emit(&format!("dry run: would remove {what}\n"));
-        return Ok(());
-    }
-    if expired.rows == 0 {
-        emit(&format!("nothing to remove: no hierarchy {ended}\n"));
-        return Ok(());
-    }
-    emit(&format!("will remove {what}\n"));
-    confirm("Remove them?", yes)?;
-    let removed = db
-        .store
-        .remove_before(cutoff)
-        .await
-        .map_err(|e| db.store_error(e))?;
-    emit(&format!(
-        "removed {removed} rows of hierarchies that {ended}\n"
-    ));
-    Ok(())
-}
-
-/// Goes on when `yes`, or when the user at the terminal answers yes to
-/// `question`. With no terminal on stdin there is nobody to ask: refusing
-/// beats hanging on a read, or taking end-of-input for consent.
-fn confirm(question: &str, yes: bool) -> Result<()> {
-    if yes {
-        return Ok(());
-    }
-    let stdin = std::io::stdin();
-    if !stdin.is_terminal() {
-        return Err(CliError::usage(
-            "not confirmed: stdin is not a terminal, so there is nobody to ask; \
-             pass --yes to confirm (nothing was changed)",
-        ));
-    }
-    eprint!("{question} [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    stdin
-        .read_line(&mut answer)
-        .map_err(|e| CliError::new(format!("cannot read the answer: {e}")))?;
-    if is_yes(&answer) {
-        Ok(())
-    } else {
-        Err(CliError::new("not confirmed: nothing was changed"))
-    }
-}
-
-/// "y" or "yes", in any case; anything else (an empty line too) is no.
-fn is_yes(answer: &str) -> bool {
-    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
-}
-
-async fn cancel(db: &Db, id: CommandId, yes: bool) -> Result<()> {
-    // The same tree as the store's cancellation request: the command and
-    // every descendant, counting those not ended.
-    let sql = format!(
-        "WITH RECURSIVE tree(id) AS ( \
-           SELECT $1::uuid \
-           UNION \
-           SELECT c.command_id FROM {t} c JOIN tree ON c.parent_command_id = tree.id \
-         ) \
-         SELECT count(*) FROM {t} \
-         WHERE command_id IN (SELECT id FROM tree) \
-           AND (status IS NULL OR status NOT IN {ended})",
-        t = db.table(),
-        ended = db::ENDED
-    );
-    let live: i64 = db.query(&sql, &[id.as_uuid()]).await?[0].get(0);
-    if live > 0 {
-        let descendants = match live - 1 {
-            0 => String::new(),
-            1 => " and 1 descendant that has not ended".to_owned(),
-            n => format!(" and {n} descendants that have not ended"),
-        };
-        let commands = if live == 1 { "command" } else { "commands" };
-        emit(&format!(
-            "will request cancellation of {live} {commands}: {id}{descendants}\n"
-        ));
-        confirm("Cancel them?", yes)?;
-    }
-    let outcome = db
-        .store
-        .request_cancel(id)
-        .await
-        .map_err(|e| db.store_error(e))?;
-    match outcome {
-        CancelOutcome::NotFound => Err(CliError::new(format!("no command {id}"))),
-        CancelOutcome::AlreadyEnded(status) => {
-            emit(&format!(
-                "command {id} already ended ({status}): nothing to cancel\n"
-            ));
-            Ok(())
-        }
-        CancelOutcome::Requested { commands } => {
-            emit(&format!(
-                "cancellation requested for {commands} commands; a running host picks it up \
-                 within a second, or the next host at start-up\n"
-            ));
-            Ok(())
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_yes_is_yes() {
-        for yes in ["y", "Y", "yes", "YES\n", " yes \r\n"] {
-            assert!(is_yes(yes), "{yes:?}");
-        }
-        for no in ["", "\n", "n", "no", "yess", "ja", "q"] {
-            assert!(!is_yes(no), "{no:?}");
-        }
-    }
 }

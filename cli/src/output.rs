@@ -3,6 +3,9 @@
 use std::io::{IsTerminal, Write};
 
 use command_coordinator::CommandStatus;
+use serde_json::Value;
+
+use crate::db::{CliError, Result};
 
 /// Whether to colour: stdout is a terminal and `NO_COLOR` is not set.
 pub fn colour() -> bool {
@@ -13,6 +16,56 @@ pub fn colour() -> bool {
 pub fn emit(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// Writes `value` to stdout as pretty JSON, the output of `--json`.
+pub fn emit_json(value: &Value) {
+    emit(&format!(
+        "{}\n",
+        serde_json::to_string_pretty(value).expect("JSON values serialize")
+    ));
+}
+
+/// What an action will do, said before it asks: on stdout, unless stdout
+/// carries `--json` (which must stay one JSON document), then on stderr.
+pub fn note(text: &str, json: bool) {
+    if json {
+        eprint!("{text}");
+    } else {
+        emit(text);
+    }
+}
+
+/// Goes on when `yes`, or when the user at the terminal answers yes to
+/// `question`. With no terminal on stdin there is nobody to ask: refusing
+/// beats hanging on a read, or taking end-of-input for consent.
+pub fn confirm(question: &str, yes: bool) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(CliError::usage(
+            "not confirmed: stdin is not a terminal, so there is nobody to ask; \
+             pass --yes to confirm (nothing was changed)",
+        ));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    stdin
+        .read_line(&mut answer)
+        .map_err(|e| CliError::new(format!("cannot read the answer: {e}")))?;
+    if is_yes(&answer) {
+        Ok(())
+    } else {
+        Err(CliError::new("not confirmed: nothing was changed"))
+    }
+}
+
+/// "y" or "yes", in any case; anything else (an empty line too) is no.
+fn is_yes(answer: &str) -> bool {
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
 /// `2 Merge`: the type number and the last path segment of its class.
@@ -28,6 +81,12 @@ pub fn type_label(command_type: i32, class: Option<&str>) -> String {
 pub fn short_class(class: &str) -> &str {
     let base = class.split('<').next().unwrap_or(class);
     base.rsplit([':', '.']).next().unwrap_or(base).trim()
+}
+
+/// `text` on one line: a reason with newlines or tabs would break the
+/// table or the tree it is shown in.
+pub fn flat(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// At most `max` characters, with `…` when cut.
@@ -122,6 +181,16 @@ mod tests {
         assert_eq!(short_class("Merge"), "Merge");
         assert_eq!(type_label(2, Some("x::Merge")), "2 Merge");
         assert_eq!(type_label(2, None), "2");
+    }
+
+    #[test]
+    fn only_yes_is_yes() {
+        for yes in ["y", "Y", "yes", "YES\n", " yes \r\n"] {
+            assert!(is_yes(yes), "{yes:?}");
+        }
+        for no in ["", "\n", "n", "no", "yess", "ja", "q"] {
+            assert!(!is_yes(no), "{no:?}");
+        }
     }
 
     #[test]

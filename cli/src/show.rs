@@ -6,16 +6,29 @@ use chrono::Utc;
 use command_coordinator::{CommandEntity, CommandId, CommandStore, StoreErrorKind};
 use serde_json::{Value, json};
 
-use crate::db::{CliError, Db, Result};
+use crate::db::{Db, Result};
 use crate::duration::human;
+use crate::hierarchy::find_root;
+use crate::id::short;
 use crate::output::{
-    cell, colour, emit, is_failure, pad, paint, short_class, truncate, type_label,
+    cell, colour, emit, emit_json, flat, is_failure, pad, paint, short_class, truncate, type_label,
 };
 
-/// How much of a return value the tree shows.
+/// The width the tree fits by default: a terminal wider than the classic
+/// 80, as most are, with room to read a reason. Ids are shortened to their
+/// first 8 characters (which every subcommand accepts) and the outcome is
+/// cut to fit; `--wide` shows everything.
+const WIDTH: usize = 100;
+/// How much of a return value the tree shows with `--wide`.
 const RETURN_VALUE_CHARS: usize = 80;
-/// How much of a failure reason the tree shows.
+/// How much of a failure reason the tree shows with `--wide`.
 const REASON_CHARS: usize = 160;
+/// How much of a type's name the tree shows without `--wide`.
+const TYPE_CHARS: usize = 24;
+/// The mark of the command whose id was given, next to its id (where it
+/// costs the outcome no room) and explained under the tree, so that it
+/// cannot be read as "cancellation requested".
+const GIVEN_MARK: &str = "◀";
 
 /// One node of the tree: a readable row, or one the store could not read.
 enum Row {
@@ -30,7 +43,10 @@ enum Line {
         /// Tree prefix, branch and id.
         left: String,
         cells: [(String, usize); 3],
-        rest: String,
+        /// Return value or failure reason: what is cut to fit.
+        outcome: String,
+        /// Cancellation and given-id marks: never cut.
+        marks: String,
     },
 }
 
@@ -41,42 +57,16 @@ struct Node {
     row: Row,
 }
 
-pub async fn run(db: &Db, id: CommandId, json: bool) -> Result<()> {
+pub async fn run(db: &Db, id: CommandId, wide: bool, json: bool) -> Result<()> {
     let root = find_root(db, id).await?;
     let nodes = load(db, root).await?;
     let tree = Tree::new(nodes, root, id);
     if json {
-        emit(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&tree.to_json()).expect("JSON values serialize")
-        ));
+        emit_json(&tree.to_json());
     } else {
-        emit(&tree.draw(colour()));
+        emit(&tree.draw(colour(), wide));
     }
     Ok(())
-}
-
-/// The top of `id`'s hierarchy, following parent links up (a row's
-/// `root_command_id` may be wrong; its parent link is what the runtime
-/// follows). Stops at a missing parent and at a cycle.
-async fn find_root(db: &Db, id: CommandId) -> Result<CommandId> {
-    let sql = format!(
-        "WITH RECURSIVE up(id, parent, depth, path) AS ( \
-           SELECT command_id, parent_command_id, 0, ARRAY[command_id] \
-             FROM {t} WHERE command_id = $1 \
-           UNION ALL \
-           SELECT c.command_id, c.parent_command_id, up.depth + 1, up.path || c.command_id \
-             FROM {t} c JOIN up ON c.command_id = up.parent \
-            WHERE NOT c.command_id = ANY(up.path) \
-         ) \
-         SELECT id FROM up ORDER BY depth DESC LIMIT 1",
-        t = db.table()
-    );
-    let rows = db.query(&sql, &[id.as_uuid()]).await?;
-    match rows.first() {
-        Some(row) => Ok(CommandId::from_uuid(row.get(0))),
-        None => Err(CliError::new(format!("no command {id}"))),
-    }
 }
 
 /// Every row under `root`: by `root_command_id` and through parent links.
@@ -101,7 +91,7 @@ async fn load(db: &Db, root: CommandId) -> Result<Vec<Node>> {
         .store
         .hierarchy(root)
         .await
-        .map_err(|e| db.store_error(e))?;
+        .map_err(|e| db.store_error(&format!("read hierarchy {root}"), e))?;
     let mut entities: HashMap<CommandId, CommandEntity> =
         loaded.entities.into_iter().map(|e| (e.id, e)).collect();
     let mut bad: HashMap<CommandId, String> = loaded
@@ -126,7 +116,7 @@ async fn load(db: &Db, root: CommandId) -> Result<Vec<Node>> {
                 Ok(None) => continue, // removed meanwhile
                 Err(e) => match e.kind {
                     StoreErrorKind::BadRow(reason) => Row::Bad(reason),
-                    _ => return Err(db.store_error(e)),
+                    _ => return Err(db.store_error(&format!("read command {id}"), e)),
                 },
             }
         };
@@ -147,13 +137,13 @@ struct Tree {
     children: HashMap<CommandId, Vec<CommandId>>,
     /// The root first, then rows not reachable from it (a missing parent, a cycle).
     tops: Vec<CommandId>,
-    requested: CommandId,
+    given: CommandId,
     root: CommandId,
     bad_rows: Vec<(CommandId, String)>,
 }
 
 impl Tree {
-    fn new(list: Vec<Node>, root: CommandId, requested: CommandId) -> Self {
+    fn new(list: Vec<Node>, root: CommandId, given: CommandId) -> Self {
         let ids: HashSet<CommandId> = list.iter().map(|n| n.id).collect();
         let mut children: HashMap<CommandId, Vec<CommandId>> = HashMap::new();
         let mut orphans = Vec::new();
@@ -175,7 +165,7 @@ impl Tree {
             nodes,
             children,
             tops: Vec::new(),
-            requested,
+            given,
             root,
             bad_rows,
         };
@@ -196,6 +186,11 @@ impl Tree {
         tree
     }
 
+    /// Whether the tree marks the given id: not when it is the only node.
+    fn marks_given(&self) -> bool {
+        self.nodes.len() > 1
+    }
+
     fn reach(&self, id: CommandId, reached: &mut HashSet<CommandId>) {
         if !reached.insert(id) {
             return;
@@ -205,7 +200,7 @@ impl Tree {
         }
     }
 
-    fn draw(&self, colour: bool) -> String {
+    fn draw(&self, colour: bool, wide: bool) -> String {
         let mut lines = Vec::new();
         let mut drawn = HashSet::new();
         for (i, &top) in self.tops.iter().enumerate() {
@@ -215,7 +210,7 @@ impl Tree {
                 ));
             }
             if self.nodes.contains_key(&top) {
-                self.draw_node(top, "", None, colour, &mut drawn, &mut lines);
+                self.draw_node(top, "", None, colour, wide, &mut drawn, &mut lines);
             }
         }
         // Columns line up across the tree, whatever the depth.
@@ -239,34 +234,63 @@ impl Tree {
         for line in lines {
             match line {
                 Line::Text(text) => out.push_str(&text),
-                Line::Node { left, cells, rest } => {
+                Line::Node {
+                    left,
+                    cells,
+                    outcome,
+                    marks,
+                } => {
                     let mut text = pad(&left, left.chars().count(), left_width);
                     for (w, (cell, len)) in widths.iter().zip(&cells) {
                         text.push_str("  ");
                         text.push_str(&pad(cell, *len, *w));
                     }
-                    text.push_str(&rest);
+                    let used = left_width + widths.iter().map(|w| w + 2).sum::<usize>();
+                    let room = WIDTH.saturating_sub(used + marks.chars().count());
+                    if wide || outcome.chars().count() <= room {
+                        text.push_str(&outcome);
+                    } else if room > 4 {
+                        // The cut keeps room for its mark.
+                        text.push_str(&truncate(&outcome, room - 1));
+                    }
+                    text.push_str(&marks);
                     out.push_str(text.trim_end());
                 }
             }
             out.push('\n');
         }
+        if self.marks_given() {
+            let given = if wide {
+                self.given.to_string()
+            } else {
+                short(self.given)
+            };
+            out.push_str(&format!("{GIVEN_MARK} {given}: the id given\n"));
+        }
         if !self.bad_rows.is_empty() {
             out.push_str(&format!("unreadable rows ({}):\n", self.bad_rows.len()));
             for (id, reason) in &self.bad_rows {
-                out.push_str(&format!("  {id}: {reason}\n"));
+                let line = if wide {
+                    format!("  {id}: {reason}")
+                } else {
+                    truncate(&format!("  {}: {reason}", short(*id)), WIDTH - 1)
+                };
+                out.push_str(&line);
+                out.push('\n');
             }
         }
         out
     }
 
     /// `last`: None for a top node, else whether it is its parent's last child.
+    #[allow(clippy::too_many_arguments)]
     fn draw_node(
         &self,
         id: CommandId,
         prefix: &str,
         last: Option<bool>,
         colour: bool,
+        wide: bool,
         drawn: &mut HashSet<CommandId>,
         lines: &mut Vec<Line>,
     ) {
@@ -275,11 +299,17 @@ impl Tree {
             Some(true) => "└─ ",
             Some(false) => "├─ ",
         };
-        let (cells, rest) = self.describe(id, colour);
+        let (cells, outcome, marks) = self.describe(id, colour, wide);
+        let mut shown = if wide { id.to_string() } else { short(id) };
+        if self.marks_given() && id == self.given {
+            shown.push(' ');
+            shown.push_str(GIVEN_MARK);
+        }
         lines.push(Line::Node {
-            left: format!("{prefix}{branch}{id}"),
+            left: format!("{prefix}{branch}{shown}"),
             cells,
-            rest,
+            outcome,
+            marks,
         });
         if !drawn.insert(id) {
             return;
@@ -295,17 +325,25 @@ impl Tree {
                 continue;
             }
             let last = i + 1 == children.len();
-            self.draw_node(child, &child_prefix, Some(last), colour, drawn, lines);
+            self.draw_node(child, &child_prefix, Some(last), colour, wide, drawn, lines);
         }
     }
 
-    /// Type, status and duration as aligned cells; then outcome and marks.
-    fn describe(&self, id: CommandId, colour: bool) -> ([(String, usize); 3], String) {
+    /// Type, status and duration as aligned cells; then the outcome (cut
+    /// to fit unless `wide`) and the marks.
+    fn describe(
+        &self,
+        id: CommandId,
+        colour: bool,
+        wide: bool,
+    ) -> ([(String, usize); 3], String, String) {
         let node = &self.nodes[&id];
-        let mut rest = String::new();
+        let mut outcome = String::new();
+        let mut marks = String::new();
+        let reason_chars = if wide { REASON_CHARS } else { WIDTH };
         let cells = match &node.row {
             Row::Bad(reason) => {
-                rest.push_str(&format!("  ✗ {}", truncate(reason, REASON_CHARS)));
+                outcome.push_str(&format!("  ✗ {}", truncate(&flat(reason), reason_chars)));
                 [
                     cell("?"),
                     (paint("UNREADABLE", colour), "UNREADABLE".len()),
@@ -315,26 +353,31 @@ impl Tree {
             Row::Entity(e) => {
                 let status = e.status.as_str();
                 if let Some(reason) = &e.failure_reason {
-                    rest.push_str(&format!("  ✗ {}", truncate(reason, REASON_CHARS)));
+                    outcome.push_str(&format!("  ✗ {}", truncate(&flat(reason), reason_chars)));
                 } else if let Some(rv) = &e.return_value {
-                    rest.push_str(&format!("  → {}", truncate(rv.json(), RETURN_VALUE_CHARS)));
+                    outcome.push_str(&format!(
+                        "  → {}",
+                        truncate(&flat(rv.json()), RETURN_VALUE_CHARS)
+                    ));
                 } else if is_failure(status) {
-                    rest.push_str("  ✗ (no reason recorded)");
+                    outcome.push_str("  ✗ (no reason recorded)");
                 }
                 if node.cancel_requested && !e.status.is_ended() {
-                    rest.push_str("  [cancel requested]");
+                    marks.push_str("  [cancel requested]");
                 }
+                let label = type_label(e.command_type, Some(e.parameters.class()));
                 [
-                    cell(type_label(e.command_type, Some(e.parameters.class()))),
+                    cell(if wide {
+                        label
+                    } else {
+                        truncate(&label, TYPE_CHARS)
+                    }),
                     (paint(status, colour), status.len()),
                     cell(human(e.ended_at.unwrap_or_else(Utc::now) - e.created_at)),
                 ]
             }
         };
-        if id == self.requested && self.nodes.len() > 1 {
-            rest.push_str("   ◀ requested");
-        }
-        (cells, rest)
+        (cells, outcome, marks)
     }
 
     fn to_json(&self) -> Value {
@@ -350,7 +393,7 @@ impl Tree {
             .map(|(id, reason)| json!({ "id": id, "reason": reason }))
             .collect();
         json!({
-            "requested": self.requested,
+            "given_id": self.given,
             "root": root,
             "unattached": unattached,
             "bad_rows": bad_rows,
@@ -397,7 +440,7 @@ impl Tree {
                 })
             }
         };
-        value["requested"] = Value::Bool(id == self.requested);
+        value["given"] = Value::Bool(id == self.given);
         value["children"] = Value::Array(children);
         value
     }

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::db::{CliError, Db, ENDED, Result};
 use crate::duration::{before_now, human};
-use crate::output::{cell, colour, emit, paint, short_class, table, type_label};
+use crate::output::{cell, colour, emit, emit_json, paint, short_class, table, type_label};
 
 pub async fn run(db: &Db, retention: Duration, json: bool) -> Result<()> {
     let t = db.table();
@@ -64,13 +64,13 @@ pub async fn run(db: &Db, retention: Duration, json: bool) -> Result<()> {
         .store
         .cancel_requested()
         .await
-        .map_err(|e| db.store_error(e))?
+        .map_err(|e| db.store_error("count the cancellations not carried out yet", e))?
         .len();
     let expired = db
         .store
         .expired(cutoff)
         .await
-        .map_err(|e| db.store_error(e))?;
+        .map_err(|e| db.store_error("count what cleanup would remove", e))?;
 
     let now = Utc::now();
     if json {
@@ -107,10 +107,7 @@ pub async fn run(db: &Db, retention: Duration, json: bool) -> Result<()> {
                 "rows": expired.rows,
             },
         });
-        emit(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&value).expect("JSON values serialize")
-        ));
+        emit_json(&value);
         return Ok(());
     }
 

@@ -136,6 +136,11 @@ fn ids(array: &Value) -> Vec<String> {
     ids
 }
 
+/// The first 8 characters of `id`, as the tables print it.
+fn short(id: CommandId) -> String {
+    id.to_string()[..8].to_owned()
+}
+
 fn sorted(ids: &[CommandId]) -> Vec<String> {
     let mut ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
     ids.sort();
@@ -246,13 +251,21 @@ async fn list_filters_and_json() {
     let mut lines = table.lines();
     let header = lines.next().unwrap();
     for column in [
-        "ID", "TYPE", "STATUS", "EXECUTED", "NOTIFIED", "AGE", "UPDATED",
+        "ID", "PARENT", "TYPE", "STATUS", "EXECUTED", "NOTIFIED", "AGE", "UPDATED", "REASON",
     ] {
         assert!(header.contains(column), "{header}");
     }
-    assert!(table.contains(&l.root.id.to_string()), "{table}");
+    // Short ids by default (any subcommand takes them), the parent's too.
+    let running_line = table
+        .lines()
+        .find(|line| line.starts_with(&short(l.running.id)))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(running_line.contains(&short(l.root.id)), "{table}");
+    assert!(!table.contains(&l.root.id.to_string()), "{table}");
     assert!(table.contains("1 RemoveSnapshot"), "{table}");
-    assert!(!table.contains(&l.done.id.to_string()), "{table}");
+    assert!(!table.contains(&short(l.done.id)), "{table}");
+    let wide = db.ok(&["list", "--status", "active", "--wide"]);
+    assert!(wide.contains(&l.root.id.to_string()), "{wide}");
 
     let none = db.json(&["list", "--status", "NOT_STARTED", "--json"]);
     assert_eq!(none.as_array().unwrap().len(), 0);
@@ -317,8 +330,22 @@ async fn show_draws_a_three_level_hierarchy() {
 
     let text = db.ok(&["show", &leaf.id.to_string()]);
     for id in [root.id, group.id, leaf.id, merged.id, bad] {
-        assert!(text.contains(&id.to_string()), "{id} missing:\n{text}");
+        assert!(text.contains(&short(id)), "{id} missing:\n{text}");
+        assert!(!text.contains(&id.to_string()), "{id} in full:\n{text}");
     }
+    // Fits 100 columns by default.
+    for line in text.lines() {
+        assert!(line.chars().count() <= 100, "{line:?} is too wide:\n{text}");
+    }
+    // --wide: full ids and whole reasons.
+    let wide = db.ok(&["show", &leaf.id.to_string(), "--wide"]);
+    for id in [root.id, group.id, leaf.id, merged.id, bad] {
+        assert!(wide.contains(&id.to_string()), "{id} missing:\n{wide}");
+    }
+    assert!(
+        wide.contains(&format!("child {} failed", group.id)),
+        "{wide}"
+    );
     assert!(text.contains("block job failed on disk 7"), "{text}");
     assert!(text.contains("12345"), "{text}");
     assert!(text.contains("1 RemoveSnapshot"), "{text}");
@@ -328,17 +355,19 @@ async fn show_draws_a_three_level_hierarchy() {
         "{text}"
     );
     assert!(text.contains("unknown command status"), "{text}");
-    let leaf_line = text
-        .lines()
-        .find(|l| l.contains(&leaf.id.to_string()))
-        .unwrap();
-    assert!(leaf_line.contains("requested"), "{text}");
+    let leaf_line = text.lines().find(|l| l.contains(&short(leaf.id))).unwrap();
+    assert!(
+        leaf_line.contains(&format!("{} ◀", short(leaf.id))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("◀ {}: the id given", short(leaf.id))),
+        "{text}"
+    );
+    assert!(!text.contains("requested"), "{text}");
     assert!(leaf_line.starts_with("│  └─ "), "{text}");
     assert!(
-        text.lines()
-            .next()
-            .unwrap()
-            .starts_with(&root.id.to_string()),
+        text.lines().next().unwrap().starts_with(&short(root.id)),
         "{text}"
     );
     assert!(
@@ -347,7 +376,7 @@ async fn show_draws_a_three_level_hierarchy() {
     );
 
     let tree = db.json(&["show", &leaf.id.to_string(), "--json"]);
-    assert_eq!(tree["requested"], leaf.id.to_string());
+    assert_eq!(tree["given_id"], leaf.id.to_string());
     assert_eq!(tree["root"]["id"], root.id.to_string());
     let children = tree["root"]["children"].as_array().unwrap();
     assert_eq!(children.len(), 3, "{tree:#}");
@@ -355,7 +384,7 @@ async fn show_draws_a_three_level_hierarchy() {
     let grandchild = &children[0]["children"][0];
     assert_eq!(grandchild["id"], leaf.id.to_string());
     assert_eq!(grandchild["failure_reason"], "block job failed on disk 7");
-    assert_eq!(grandchild["requested"], true);
+    assert_eq!(grandchild["given"], true);
     assert_eq!(children[1]["return_value"], 12345);
     assert!(children[2]["unreadable"].is_string(), "{tree:#}");
     assert_eq!(tree["bad_rows"][0]["id"], bad.to_string());
@@ -363,7 +392,7 @@ async fn show_draws_a_three_level_hierarchy() {
     // Any node shows the same tree, from its root.
     let from_root = db.json(&["show", &root.id.to_string(), "--json"]);
     assert_eq!(from_root["root"]["id"], root.id.to_string());
-    assert_eq!(from_root["root"]["requested"], true);
+    assert_eq!(from_root["root"]["given"], true);
     assert_eq!(
         from_root["root"]["children"][0]["children"][0]["id"],
         leaf.id.to_string()
@@ -439,11 +468,19 @@ async fn cancel_marks_unended_descendants() {
     db.save(&waiting).await;
 
     let out = db.ok(&["cancel", &l.root.id.to_string(), "--yes"]);
-    assert_eq!(
-        out.lines().last().unwrap(),
-        "cancellation requested for 3 commands; a running host picks it up within a second, \
-         or the next host at start-up"
+    assert!(
+        out.contains("cancellation requested for 3 commands\n"),
+        "{out}"
     );
+    // Plain about who carries it out: a host, only one that registers the
+    // types; here none is alive; `fail` is the exit.
+    assert!(
+        out.contains("the cancel takes effect only when a host runs these commands"),
+        "{out}"
+    );
+    assert!(out.contains("no live host"), "{out}");
+    assert!(out.contains("registers these commands' types"), "{out}");
+    assert!(out.contains("command-coordinator fail"), "{out}");
     let mut requested = db.store.cancel_requested().await.unwrap();
     requested.sort();
     let mut expected = vec![l.root.id, l.running.id, waiting.id];
@@ -697,4 +734,404 @@ fn unreachable_database_is_one_line_and_exit_1() {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
         assert_one_line(&out, "cannot reach the database postgres://x@127.0.0.1:1/x");
     }
+}
+
+/// Runs `sql` on the test's schema (`{t}`: its command_entities, `{h}`: its command_hosts).
+async fn sql(
+    db: &TestDb,
+    sql: &str,
+    params: &[&(dyn command_coordinator::tokio_postgres::types::ToSql + Sync)],
+) {
+    let client = db.store.pool().get().await.unwrap();
+    let sql = sql
+        .replace("{t}", &format!("{}.command_entities", db.schema.quoted()))
+        .replace("{h}", &format!("{}.command_hosts", db.schema.quoted()));
+    client.execute(&sql, params).await.unwrap();
+}
+
+/// An isolated hierarchy: a root of a type no host registers, running,
+/// with one child waiting and one ended.
+struct Isolated {
+    root: CommandEntity,
+    waiting: CommandEntity,
+    ended: CommandEntity,
+}
+
+async fn isolated(db: &TestDb) -> Isolated {
+    let root = entity(
+        &Group {
+            name: "retired".into(),
+        },
+        77,
+        CommandStatus::Active,
+        None,
+    );
+    let waiting = entity(
+        &Merge { disk: 1 },
+        78,
+        CommandStatus::NotStarted,
+        Some(&root),
+    );
+    let mut ended = entity(
+        &Merge { disk: 2 },
+        78,
+        CommandStatus::EndedSuccessfully,
+        Some(&root),
+    );
+    ended.ended_at = Some(chrono::Utc::now());
+    for e in [&root, &waiting, &ended] {
+        db.save(e).await;
+    }
+    Isolated {
+        root,
+        waiting,
+        ended,
+    }
+}
+
+/// A host in `state` whose last heartbeat was `ago_s` seconds ago, owning `root`.
+async fn owned_by_host(db: &TestDb, root: CommandId, state: &str, ago_s: f64) -> String {
+    let host = uuid::Uuid::new_v4();
+    sql(
+        db,
+        "INSERT INTO {h} (host_id, name, state, heartbeat_at) \
+         VALUES ($1, 'web-1', $2, now() - make_interval(secs => $3))",
+        &[&host, &state, &ago_s],
+    )
+    .await;
+    sql(
+        db,
+        "UPDATE {t} SET owner_host = $1 WHERE command_id = $2",
+        &[&host, root.as_uuid()],
+    )
+    .await;
+    host.to_string()
+}
+
+#[tokio::test]
+async fn fail_ends_an_isolated_hierarchy_and_remove_deletes_it() {
+    let db = fresh(true).await;
+    let h = isolated(&db).await;
+    let other = listing(&db).await;
+    let prefix = short(h.waiting.id);
+
+    // Without --yes and without a terminal: the plan, then a refusal.
+    let out = db.cli(&["fail", &prefix, "--reason", "type 77 was retired"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_one_line(&out, "not a terminal");
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        plan.contains(&format!("will end 2 commands of hierarchy {}", h.root.id)),
+        "{plan}"
+    );
+    assert!(plan.contains(&h.waiting.id.to_string()), "{plan}");
+    assert!(!plan.contains(&h.ended.id.to_string()), "{plan}");
+    assert_eq!(
+        db.store.get(h.root.id).await.unwrap().unwrap().status,
+        CommandStatus::Active
+    );
+
+    // An empty reason is refused.
+    let out = db.cli(&["fail", &prefix, "--reason", " ", "--yes"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_one_line(&out, "--reason is empty");
+
+    // Any id of the hierarchy, by prefix: every command not ended ends.
+    let out = db.ok(&["fail", &prefix, "--reason", "type 77 was retired", "--yes"]);
+    assert!(
+        out.contains(&format!(
+            "ended 2 commands of hierarchy {} with failure",
+            h.root.id
+        )),
+        "{out}"
+    );
+    for e in [&h.root, &h.waiting] {
+        let row = db.store.get(e.id).await.unwrap().unwrap();
+        assert_eq!(row.status, CommandStatus::EndedWithFailure);
+        assert!(row.callback_notified);
+        assert!(row.ended_at.is_some());
+        assert_eq!(row.failure_reason.as_deref(), Some("type 77 was retired"));
+    }
+    let untouched = db.store.get(h.ended.id).await.unwrap().unwrap();
+    assert_eq!(untouched.status, CommandStatus::EndedSuccessfully);
+    assert_eq!(untouched.failure_reason, None);
+    // The other hierarchy is not touched.
+    assert_eq!(
+        db.store
+            .get(other.running.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        CommandStatus::Active
+    );
+
+    // Again: nothing left to fail.
+    let again = db.json(&["fail", &h.root.id.to_string(), "--reason", "x", "--json"]);
+    assert_eq!(again["failed"], Value::Array(vec![]), "{again:#}");
+
+    // Now it has ended: remove takes the whole hierarchy, from any id.
+    let out = db.cli(&["remove", &short(h.ended.id)]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_one_line(&out, "not a terminal");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("will remove hierarchy {}: 3 rows", h.root.id)),
+        "{out:?}"
+    );
+    let removed = db.json(&["remove", &short(h.ended.id), "--yes", "--json"]);
+    assert_eq!(removed["root_id"], h.root.id.to_string());
+    assert_eq!(
+        removed["removed"].as_array().unwrap().len(),
+        3,
+        "{removed:#}"
+    );
+    assert_eq!(remaining(&db, &[&h.root, &h.waiting, &h.ended]).await, 0);
+    assert_eq!(
+        remaining(&db, &[&other.root, &other.running, &other.old_root]).await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn remove_refuses_a_hierarchy_that_has_not_ended() {
+    let db = fresh(true).await;
+    let l = listing(&db).await;
+    let out = db.cli(&["remove", &l.done.id.to_string(), "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_one_line(&out, "2 of its commands have not ended (2 ACTIVE)");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("command-coordinator fail"));
+    assert_eq!(remaining(&db, &[&l.root, &l.done, &l.running]).await, 3);
+
+    let out = db.ok(&["remove", &l.old_child.id.to_string(), "--yes"]);
+    assert_eq!(
+        out.lines().last().unwrap(),
+        format!("removed hierarchy {}: 2 rows", l.old_root.id)
+    );
+    assert_eq!(remaining(&db, &[&l.old_root, &l.old_child]).await, 0);
+}
+
+#[tokio::test]
+async fn fail_refuses_a_hierarchy_a_live_host_owns() {
+    let db = fresh(true).await;
+    let h = isolated(&db).await;
+    let id = h.root.id.to_string();
+    let host = owned_by_host(&db, h.root.id, "alive", 1.0).await;
+
+    let out = db.cli(&["fail", &id, "--reason", "stuck", "--yes"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_one_line(&out, &format!("a live host web-1 ({})", &host[..8]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(
+        db.store.get(h.root.id).await.unwrap().unwrap().status,
+        CommandStatus::Active
+    );
+
+    // cancel names the owner and still says what cancel needs.
+    let out = db.ok(&["cancel", &id, "--yes"]);
+    assert!(out.contains("a live host web-1"), "{out}");
+    assert!(out.contains("command-coordinator fail"), "{out}");
+    let json = db.json(&["cancel", &id, "--yes", "--json"]);
+    assert_eq!(json["live_owner"]["name"], "web-1", "{json:#}");
+    assert_eq!(json["live_hosts"], 1, "{json:#}");
+
+    // --force goes ahead.
+    let out = db.ok(&["fail", &id, "--reason", "stuck", "--yes", "--force"]);
+    assert!(out.contains("ended 2 commands"), "{out}");
+    let root = db.store.get(h.root.id).await.unwrap().unwrap();
+    assert_eq!(root.status, CommandStatus::EndedWithFailure);
+    // The owner lost them: its next write to them is refused.
+    assert_eq!(root.owner, None);
+}
+
+#[tokio::test]
+async fn a_dead_or_silent_owner_does_not_hold_fail_back() {
+    for (state, ago) in [("alive", 120.0), ("dead", 1.0), ("leaving", 1.0)] {
+        let db = fresh(true).await;
+        let h = isolated(&db).await;
+        owned_by_host(&db, h.root.id, state, ago).await;
+        // An unended child owned by a live host holds it back, though.
+        let out = db.ok(&["fail", &h.root.id.to_string(), "--reason", "stuck", "--yes"]);
+        assert!(out.contains("ended 2 commands"), "{state} {ago}: {out}");
+    }
+    let db = fresh(true).await;
+    let h = isolated(&db).await;
+    owned_by_host(&db, h.waiting.id, "alive", 0.0).await;
+    let out = db.cli(&["fail", &h.root.id.to_string(), "--reason", "stuck", "--yes"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_one_line(&out, "a live host web-1");
+}
+
+#[tokio::test]
+async fn ids_are_taken_by_their_first_characters() {
+    let db = fresh(true).await;
+    let l = listing(&db).await;
+    let tree = db.json(&["show", &short(l.running.id), "--json"]);
+    assert_eq!(tree["root"]["id"], l.root.id.to_string());
+    assert_eq!(tree["given_id"], l.running.id.to_string());
+    let upper = l.running.id.to_string()[..13].to_uppercase();
+    let tree = db.json(&["show", &upper, "--json"]);
+    assert_eq!(tree["given_id"], l.running.id.to_string());
+    let listed = db.json(&["list", "--root", &short(l.root.id), "--json"]);
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+
+    // No match, several matches.
+    let a: CommandId = "abcdef01-0000-4000-8000-000000000001".parse().unwrap();
+    let b: CommandId = "abcdef01-0000-4000-8000-100000000002".parse().unwrap();
+    for id in [a, b] {
+        let mut e = entity(&Merge { disk: 0 }, 2, CommandStatus::Active, None);
+        e.id = id;
+        e.root_id = Some(id);
+        db.save(&e).await;
+    }
+    for sub in [
+        &["show"][..],
+        &["cancel", "--yes"],
+        &["fail", "--reason", "x", "--yes"],
+        &["remove", "--yes"],
+    ] {
+        let out = db.cli(&[sub, &["abcdef01"][..]].concat());
+        assert_eq!(out.status.code(), Some(2), "{sub:?} {out:?}");
+        assert_one_line(&out, "abcdef01 is ambiguous");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&a.to_string()));
+        let out = db.cli(&[sub, &["0000000a"][..]].concat());
+        assert_eq!(out.status.code(), Some(1), "{sub:?} {out:?}");
+        assert_one_line(&out, "no command id starts with 0000000a");
+    }
+    let out = db.ok(&["show", "abcdef01-0000-4000-8000-1"]);
+    assert!(out.contains("abcdef01"), "{out}");
+    let out = db.cli(&["show", "abcdef0"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_one_line(&out, "at least the first 8 characters");
+}
+
+#[tokio::test]
+async fn list_refuses_filters_that_cannot_match() {
+    let db = fresh(true).await;
+    listing(&db).await;
+    let out = db.cli(&["list", "--status", "ACTIV"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_one_line(
+        &out,
+        "'ACTIV' for '--status <STATUS>': not a status; the statuses are UNKNOWN, NOT_STARTED, ACTIVE",
+    );
+    let out = db.cli(&["list", "--limit", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_one_line(&out, "at least 1");
+    for wanted in ["77", "Merg"] {
+        let out = db.cli(&["list", "--type", wanted]);
+        assert_eq!(out.status.code(), Some(2), "{wanted}: {out:?}");
+        assert_one_line(
+            &out,
+            &format!(
+                "no command of type \"{wanted}\" is stored; the stored types are: \
+                 1 RemoveSnapshot, 2 Merge"
+            ),
+        );
+    }
+    // A stored type with nothing matching the other filters is an empty list.
+    let none = db.json(&[
+        "list",
+        "--type",
+        "Merge",
+        "--status",
+        "not_started",
+        "--json",
+    ]);
+    assert_eq!(none, Value::Array(vec![]));
+    // The failure reason and the parent are listed.
+    let mut failed = entity(&Merge { disk: 3 }, 2, CommandStatus::Failed, None);
+    failed.failure_reason = Some("block job failed\non disk 3".into());
+    db.save(&failed).await;
+    // On one line: a newline would break the table.
+    let text = db.ok(&["list", "--status", "FAILED"]);
+    assert!(text.contains("block job failed on disk 3"), "{text}");
+    assert_eq!(text.lines().count(), 2, "{text}");
+    let json = db.json(&["list", "--status", "failed", "--json"]);
+    assert_eq!(json[0]["failure_reason"], "block job failed\non disk 3");
+}
+
+#[tokio::test]
+async fn errors_say_what_happened_once() {
+    let db = fresh(false).await;
+    for args in [
+        &["cleanup", "--older-than", "7d", "--dry-run"][..],
+        &["stats"],
+        &["list"],
+        &["fail", "abcdef01", "--reason", "x"],
+    ] {
+        let out = db.cli(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert_one_line(
+            &out,
+            &format!("run `command-coordinator --schema {} migrate`", db.schema),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for plumbing in [
+            "remove_before",
+            "of commands failed",
+            "database error",
+            "db error",
+            "ERROR:",
+        ] {
+            assert!(!stderr.contains(plumbing), "{args:?}: {stderr}");
+        }
+    }
+    let out = db.cli(&["cleanup", "--older-than", "7d", "--dry-run"]);
+    assert_one_line(&out, "cannot count what cleanup would remove: relation");
+}
+
+#[test]
+fn an_unreachable_database_is_said_in_words() {
+    let out = run(&[
+        "--database-url",
+        "postgres://x@127.0.0.1:1/x",
+        "cleanup",
+        "--older-than",
+        "1d",
+        "--dry-run",
+    ]);
+    assert_one_line(
+        &out,
+        "cannot reach the database postgres://x@127.0.0.1:1/x (schema public): Connection refused",
+    );
+    let out = run(&["--database-url", "postgres://x@127.0.0.1:1/x", "list"]);
+    assert_one_line(
+        &out,
+        "cannot reach the database postgres://x@127.0.0.1:1/x (schema public): Connection refused",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("creating a new object"), "{stderr}");
+}
+
+#[tokio::test]
+async fn actions_print_json() {
+    let db = fresh(false).await;
+    let migrated = db.json(&["migrate", "--json"]);
+    assert!(
+        migrated["applied"].as_array().unwrap().len() >= 6,
+        "{migrated:#}"
+    );
+    let l = listing(&db).await;
+    let dry = db.json(&["cleanup", "--older-than", "7d", "--dry-run", "--json"]);
+    assert_eq!(dry["rows"], 2, "{dry:#}");
+    assert_eq!(dry["dry_run"], true, "{dry:#}");
+    // The plan goes to stderr, so stdout stays one JSON document.
+    let done = db.json(&["cleanup", "--older-than", "7d", "--yes", "--json"]);
+    assert_eq!(done["rows"], 2, "{done:#}");
+    let cancel = db.json(&["cancel", &short(l.root.id), "--yes", "--json"]);
+    assert_eq!(cancel["requested"], 2, "{cancel:#}");
+    assert_eq!(cancel["live_hosts"], 0, "{cancel:#}");
+    let ended = db.json(&["cancel", &l.done.id.to_string(), "--json"]);
+    assert_eq!(ended["already_ended"], "ENDED_SUCCESSFULLY", "{ended:#}");
+    let failed = db.json(&[
+        "fail",
+        &short(l.root.id),
+        "--reason",
+        "r",
+        "--yes",
+        "--json",
+    ]);
+    assert_eq!(failed["failed"].as_array().unwrap().len(), 2, "{failed:#}");
+    assert_eq!(failed["reason"], "r");
 }
