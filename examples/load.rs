@@ -8,6 +8,8 @@
 //! cargo run --release --example load -- rehydrate [--commands 100000]
 //! cargo run --release --example load -- idle      [--commands 100000 --seconds 20]
 //! cargo run --release --example load -- cleanup   [--expired 1000000 --commands 20000]
+//! cargo run --release --example load -- flat --hosts 3   # 3 hosts (threads) on one schema
+//! cargo run --release --example load -- adopt     [--hierarchies 10000 --lease-s 10]
 //! ```
 //!
 //! Options valid with every mode: `--database-url URL` (else a private,
@@ -112,6 +114,20 @@ enum Mode {
     Flat {
         #[arg(long, default_value_t = 20_000)]
         commands: usize,
+        /// Hosts sharing the schema, each a coordinator with its own pool
+        /// on its own thread (an arbiter of its own, as a process would
+        /// have), each running its share: aggregate lifecycles/s.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+        hosts: u32,
+    },
+    /// A host's heartbeat stops with N hierarchies unfinished: time until
+    /// another host declared it dead and every hierarchy runs again.
+    Adopt {
+        #[arg(long, default_value_t = 10_000)]
+        hierarchies: usize,
+        /// The lease, in seconds (the library's default is 10).
+        #[arg(long, default_value_t = 10)]
+        lease_s: u64,
     },
     /// Parents with children: latency from the last child's end to the parent's decision.
     Tree {
@@ -156,6 +172,7 @@ impl Mode {
     fn name(&self) -> &'static str {
         match self {
             Mode::Flat { .. } => "flat",
+            Mode::Adopt { .. } => "adopt",
             Mode::Tree { .. } => "tree",
             Mode::Rehydrate { .. } => "rehydrate",
             Mode::Idle { .. } => "idle",
@@ -318,6 +335,7 @@ impl Report {
 /// Everything a mode needs: its database (a fresh schema), how to talk to
 /// people, and its deadline.
 struct Bench {
+    config: DatabaseConfig,
     pool: Pool,
     schema: SchemaName,
     json_only: bool,
@@ -519,6 +537,7 @@ async fn run(
         .with_pool_size(common.pool_size)?;
     let timeout = Duration::from_secs(common.timeout_s);
     let bench = Bench {
+        config: config.clone(),
         pool: config.create_pool()?,
         schema,
         json_only: common.json_only,
@@ -539,7 +558,12 @@ async fn run(
     ));
 
     let report = match cli.mode {
-        Mode::Flat { commands } => flat(&bench, commands).await?,
+        Mode::Flat { commands, hosts: 1 } => flat(&bench, commands).await?,
+        Mode::Flat { commands, hosts } => flat_hosts(&bench, commands, hosts).await?,
+        Mode::Adopt {
+            hierarchies,
+            lease_s,
+        } => adopt(&bench, hierarchies, Duration::from_secs(lease_s)).await?,
         Mode::Tree { parents, children } => tree(&bench, parents, children).await?,
         Mode::Rehydrate { commands } => rehydrate(&bench, commands).await?,
         Mode::Idle {
@@ -679,6 +703,197 @@ async fn flat(bench: &Bench, commands: usize) -> Result<Report, BoxError> {
     report.set("seconds", round3(round.elapsed.as_secs_f64()));
     report.set("failed", round.failed);
     report.set("lifecycles_per_s", round_to(rate, 0));
+    Ok(report)
+}
+
+/// Flat with `hosts` coordinators on one schema, each on a thread of its
+/// own with its own pool and actix system (what separate processes would
+/// have), started together after each warmed up; the aggregate rate is all
+/// lifecycles over the time from the first start to the last end.
+async fn flat_hosts(bench: &Bench, commands: usize, hosts: u32) -> Result<Report, BoxError> {
+    bench
+        .within("migrate", migrate(&bench.pool, &bench.schema))
+        .await??;
+    let share = commands / hosts as usize;
+    let ready = std::sync::Arc::new(std::sync::Barrier::new(hosts as usize + 1));
+    let go = std::sync::Arc::new(std::sync::Barrier::new(hosts as usize + 1));
+    let mut threads = Vec::new();
+    for h in 0..hosts {
+        let (config, ready, go) = (bench.config.clone(), ready.clone(), go.clone());
+        let (schema, lanes, timeout) = (bench.schema.clone(), bench.writer_lanes, bench.timeout);
+        threads.push(std::thread::spawn(
+            move || -> Result<(Instant, Instant, usize), String> {
+                actix::System::new().block_on(async move {
+                    let host = Bench {
+                        pool: config.create_pool().map_err(|e| e.to_string())?,
+                        config,
+                        schema,
+                        json_only: true,
+                        terminal: false,
+                        deadline: tokio::time::Instant::now() + timeout,
+                        timeout,
+                        writer_lanes: lanes,
+                    };
+                    let coordinator = host
+                        .builder()
+                        .host_name(format!("bench-{h}"))
+                        .start()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    warm_up(&host, &coordinator)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    ready.wait();
+                    go.wait();
+                    let start = Instant::now();
+                    let round = flat_round(&host, &coordinator, share, &ProgressBar::hidden())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    coordinator.shutdown().await;
+                    Ok((start, start + round.elapsed, round.failed))
+                })
+            },
+        ));
+    }
+    ready.wait();
+    go.wait();
+    let mut first = None::<Instant>;
+    let mut last = None::<Instant>;
+    let mut failed = 0;
+    for thread in threads {
+        let (start, end, f) = thread.join().map_err(|_| "a host thread panicked")??;
+        first = Some(first.map_or(start, |x| x.min(start)));
+        last = Some(last.map_or(end, |x| x.max(end)));
+        failed += f;
+    }
+    let elapsed = last.unwrap() - first.unwrap();
+    let total = share * hosts as usize;
+    let rate = total as f64 / elapsed.as_secs_f64();
+    bench.say(format!(
+        "flat on {hosts} hosts: {total} lifecycles in {:.3} s = {rate:.0} lifecycles/s ({failed} failed)",
+        elapsed.as_secs_f64()
+    ));
+    let mut report = Report::default();
+    report.set("hosts", hosts);
+    report.set("commands", total);
+    report.set("seconds", round3(elapsed.as_secs_f64()));
+    report.set("failed", failed);
+    report.set("lifecycles_per_s", round_to(rate, 0));
+    Ok(report)
+}
+
+/// Adoption: a host (only its registry row: no process) owns `n` unfinished
+/// probes; its heartbeat stops when they are written. An adopting host that
+/// has had heartbeats for a full lease already declares it dead and adopts
+/// them: the time from the last heartbeat to every probe polled again, and
+/// the adoption rate once it was declared dead.
+async fn adopt(bench: &Bench, n: usize, lease: Duration) -> Result<Report, BoxError> {
+    bench
+        .within("migrate", migrate(&bench.pool, &bench.schema))
+        .await??;
+    FIRST_POLLS.store(0, Ordering::Relaxed);
+    let _adopter = bench
+        .within(
+            "start",
+            bench
+                .builder()
+                .lease(lease)
+                .heartbeat_interval((lease / 5).min(Duration::from_secs(2)))
+                .host_check_interval((lease / 10).min(Duration::from_secs(1)))
+                .host_name("adopter")
+                .poll_interval(Duration::from_secs(600))
+                .max_poll_interval(Duration::from_secs(600))
+                .start(),
+        )
+        .await??;
+    // Its own heartbeats must have run for a full lease before it judges.
+    bench.say(format!(
+        "adopt: the adopter has heartbeats for a lease ({lease:?})"
+    ));
+    tokio::time::sleep(lease).await;
+    let hosts = format!("{}.command_hosts", bench.schema.quoted());
+    let victim = uuid::Uuid::new_v4();
+    let client = bench.pool.get().await?;
+    let tx_start = Instant::now();
+    client.batch_execute("BEGIN").await?;
+    client
+        .execute(
+            &format!("INSERT INTO {hosts} (host_id, name) VALUES ($1, 'victim')"),
+            &[&victim],
+        )
+        .await?;
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {} (command_id, command_type, root_command_id, command_parameters, \
+                   command_params_class, created_at, updated_at, status, callback_enabled, \
+                   callback_notified, executed, owner_host, owner_epoch) \
+                 SELECT id, $2, id, json_build_object('i', i)::text, $3, now(), now(), 'ACTIVE', \
+                   true, false, true, $4, 1 \
+                 FROM (SELECT gen_random_uuid() AS id, i FROM generate_series(1, $1::bigint) i) g",
+                bench.table()
+            ),
+            &[
+                &(n as i64),
+                &Probe::COMMAND_TYPE,
+                &std::any::type_name::<Probe>(),
+                &victim,
+            ],
+        )
+        .await?;
+    // The heartbeat it will never renew: written last, when the rows are.
+    client
+        .execute(
+            &format!("UPDATE {hosts} SET heartbeat_at = now() WHERE host_id = $1"),
+            &[&victim],
+        )
+        .await?;
+    client.batch_execute("COMMIT").await?;
+    let last_beat = Instant::now();
+    bench.say(format!(
+        "adopt: {n} unfinished hierarchies of a host whose heartbeat stops now ({:.1} s to write)",
+        tx_start.elapsed().as_secs_f64()
+    ));
+    let bar = bench.progress(n as u64, "adopted and polled");
+    let mut declared = None;
+    loop {
+        if declared.is_none() {
+            let state: String = client
+                .query_one(
+                    &format!("SELECT state FROM {hosts} WHERE host_id = $1"),
+                    &[&victim],
+                )
+                .await?
+                .get(0);
+            if state == "dead" {
+                declared = Some(last_beat.elapsed());
+            }
+        }
+        let polled = FIRST_POLLS.load(Ordering::Relaxed);
+        bar.set_position(polled as u64);
+        if polled >= n || tokio::time::Instant::now() >= bench.deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bar.finish_and_clear();
+    let all = last_beat.elapsed();
+    let polled = FIRST_POLLS.load(Ordering::Relaxed);
+    let declared = declared.unwrap_or(all);
+    let rate = n as f64 / (all - declared).as_secs_f64().max(1e-3);
+    bench.say(format!(
+        "adopt: declared dead {:.2} s after its last heartbeat; all {polled} of {n} running again \
+         after {:.2} s (lease {lease:?}; target ≤ lease + 3 s); {rate:.0} adopted commands/s",
+        declared.as_secs_f64(),
+        all.as_secs_f64()
+    ));
+    let mut report = Report::default();
+    report.set("hierarchies", n);
+    report.set("polled", polled);
+    report.set("lease_s", lease.as_secs());
+    report.set("declared_dead_s", round3(declared.as_secs_f64()));
+    report.set("all_running_s", round3(all.as_secs_f64()));
+    report.set("adopted_per_s", round_to(rate, 0));
     Ok(report)
 }
 

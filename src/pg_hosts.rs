@@ -48,8 +48,12 @@ impl HostStatements {
         let h = format!("{}.command_hosts", schema.quoted());
         // The unfinished rows of host $1, all of them or those of the
         // hierarchies $2 (the owner index, V6).
+        // (`IN (SELECT unnest(..))`, not `= ANY(..)`: a hash join over the
+        // adopted keys, where `ANY` of a parameter compares every row with
+        // every key.)
         let owned = "callback_enabled AND callback_notified IS NOT TRUE AND owner_host = $1 \
-                     AND ($2::uuid[] IS NULL OR coalesce(root_command_id, command_id) = ANY($2))";
+                     AND ($2::uuid[] IS NULL \
+                          OR coalesce(root_command_id, command_id) IN (SELECT unnest($2::uuid[])))";
         Self {
             join: format!(
                 "INSERT INTO {h} (host_id, name, pid, state, started_at, heartbeat_at) \
