@@ -14,6 +14,8 @@ use crate::output::{cell, colour, emit, emit_json, flat, paint, table, truncate,
 
 /// How much of a failure reason the table shows without `--wide`.
 const REASON_CHARS: usize = 60;
+/// Host names in the OWNER column are cut to this many characters.
+const OWNER_CHARS: usize = 12;
 
 /// `--status`: one of [`CommandStatus::ALL`], in any case, as stored. A
 /// typo must not pass for "no such commands".
@@ -76,20 +78,22 @@ pub async fn run(db: &Db, filter: Filter, wide: bool, json: bool) -> Result<()> 
     let limit = i64::from(filter.limit);
 
     let sql = format!(
-        "SELECT command_id, command_type, command_params_class, status, executed, \
-                callback_notified, created_at, updated_at, ended_at, parent_command_id, \
-                root_command_id, cancel_requested_at IS NOT NULL, failure_reason \
-         FROM {t} \
-         WHERE ($1::text[] IS NULL OR status = ANY($1::text[])) \
-           AND ($2::int4 IS NULL OR command_type = $2::int4) \
-           AND ($3::text IS NULL OR command_params_class = $3::text \
-                OR right(command_params_class, length($3::text) + 2) = '::' || $3::text) \
-           AND ($4::timestamptz IS NULL OR created_at < $4::timestamptz) \
-           AND ($5::timestamptz IS NULL OR created_at >= $5::timestamptz) \
-           AND ($6::uuid IS NULL OR command_id = $6::uuid OR root_command_id = $6::uuid) \
-         ORDER BY created_at DESC NULLS LAST, command_id \
+        "SELECT c.command_id, c.command_type, c.command_params_class, c.status, c.executed, \
+                c.callback_notified, c.created_at, c.updated_at, c.ended_at, \
+                c.parent_command_id, c.root_command_id, c.cancel_requested_at IS NOT NULL, \
+                c.failure_reason, c.owner_host, o.name \
+         FROM {t} c LEFT JOIN {h} o ON o.host_id = c.owner_host \
+         WHERE ($1::text[] IS NULL OR c.status = ANY($1::text[])) \
+           AND ($2::int4 IS NULL OR c.command_type = $2::int4) \
+           AND ($3::text IS NULL OR c.command_params_class = $3::text \
+                OR right(c.command_params_class, length($3::text) + 2) = '::' || $3::text) \
+           AND ($4::timestamptz IS NULL OR c.created_at < $4::timestamptz) \
+           AND ($5::timestamptz IS NULL OR c.created_at >= $5::timestamptz) \
+           AND ($6::uuid IS NULL OR c.command_id = $6::uuid OR c.root_command_id = $6::uuid) \
+         ORDER BY c.created_at DESC NULLS LAST, c.command_id \
          LIMIT $7",
-        t = db.table()
+        t = db.table(),
+        h = db.hosts()
     );
     let rows = db
         .query(
@@ -132,6 +136,11 @@ pub async fn run(db: &Db, filter: Filter, wide: bool, json: bool) -> Result<()> 
             vec![
                 cell(id(l.id)),
                 cell(l.parent.map_or("-".to_owned(), id)),
+                cell(match (&l.owner_name, l.owner) {
+                    (Some(name), _) => truncate(name, OWNER_CHARS),
+                    (None, Some(host)) => host.to_string()[..8].to_owned(),
+                    (None, None) => "-".to_owned(),
+                }),
                 cell(type_label(l.command_type, l.class.as_deref())),
                 (paint(status, colour), status.chars().count()),
                 cell(yes_no(l.executed)),
@@ -151,7 +160,8 @@ pub async fn run(db: &Db, filter: Filter, wide: bool, json: bool) -> Result<()> 
         .collect();
     emit(&table(
         &[
-            "ID", "PARENT", "TYPE", "STATUS", "EXECUTED", "NOTIFIED", "AGE", "UPDATED", "REASON",
+            "ID", "PARENT", "OWNER", "TYPE", "STATUS", "EXECUTED", "NOTIFIED", "AGE", "UPDATED",
+            "REASON",
         ],
         &body,
     ));
@@ -227,6 +237,9 @@ struct Listed {
     root: Option<CommandId>,
     cancel_requested: bool,
     reason: Option<String>,
+    /// The host that runs it (or ran it last), and that host's name.
+    owner: Option<uuid::Uuid>,
+    owner_name: Option<String>,
 }
 
 impl Listed {
@@ -245,6 +258,8 @@ impl Listed {
             root: row.get::<_, Option<_>>(10).map(CommandId::from_uuid),
             cancel_requested: row.get(11),
             reason: row.get(12),
+            owner: row.get(13),
+            owner_name: row.get(14),
         }
     }
 
@@ -259,6 +274,8 @@ impl Listed {
             "callback_notified": self.notified,
             "cancel_requested": self.cancel_requested,
             "parent_id": self.parent,
+            "owner_host": self.owner,
+            "owner_name": self.owner_name,
             "root_id": self.root,
             "created_at": self.created_at,
             "updated_at": self.updated_at,

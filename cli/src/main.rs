@@ -12,6 +12,7 @@
 //! command-coordinator fail 0b7e12ab --reason "type 7 was retired"   # rows no host can run
 //! command-coordinator remove 0b7e12ab           # one hierarchy that has ended
 //! command-coordinator serve --bind 127.0.0.1:8080 --read-only   # the web dashboard
+//! command-coordinator hosts                     # who runs, their heartbeats, what they own
 //! ```
 //!
 //! Wherever it takes a command id it also takes the first 8 (or more)
@@ -46,6 +47,7 @@ mod db;
 mod duration;
 mod fail;
 mod hierarchy;
+mod hosts;
 mod id;
 mod list;
 mod output;
@@ -190,6 +192,16 @@ enum Cmd {
         /// Do not ask for confirmation (for scripts; without it and without a terminal, remove refuses).
         #[arg(long, short = 'y')]
         yes: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The hosts sharing the schema: state, heartbeat age (database clock),
+    /// unfinished work owned; and the work no live host owns.
+    Hosts {
+        /// Also hosts that left or died more than an hour ago.
+        #[arg(long)]
+        all: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -340,6 +352,7 @@ async fn run(cli: Cli) -> Result<()> {
             fail::run(&db, args).await
         }
         Cmd::Remove { id, yes, json } => remove::run(&db, remove::Remove { id, yes, json }).await,
+        Cmd::Hosts { all, json } => hosts::run(&db, all, json).await,
         Cmd::Serve {
             bind,
             read_only,

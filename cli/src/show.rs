@@ -61,12 +61,81 @@ pub async fn run(db: &Db, id: CommandId, wide: bool, json: bool) -> Result<()> {
     let root = find_root(db, id).await?;
     let nodes = load(db, root).await?;
     let tree = Tree::new(nodes, root, id);
+    let owners = owners(db, root).await?;
     if json {
-        emit_json(&tree.to_json());
+        let mut value = tree.to_json();
+        value["owners"] = Value::Array(
+            owners
+                .iter()
+                .map(|o| {
+                    json!({
+                        "host_id": o.host,
+                        "name": o.name,
+                        "state": o.state,
+                        "unfinished_rows": o.unfinished,
+                        "rows": o.rows,
+                    })
+                })
+                .collect(),
+        );
+        emit_json(&value);
     } else {
-        emit(&tree.draw(colour(), wide));
+        let mut text = tree.draw(colour(), wide);
+        for o in &owners {
+            let who = match (&o.host, &o.name) {
+                (Some(host), Some(name)) => format!(
+                    "{name} ({}, {})",
+                    &host.to_string()[..8],
+                    o.state.as_deref().unwrap_or("?")
+                ),
+                (Some(host), None) => format!("{host} (not in the registry)"),
+                (None, _) => "no host (waiting to be adopted, or written by a tool)".to_owned(),
+            };
+            text.push_str(&format!(
+                "owner: {who}: {} rows, {} not finished\n",
+                o.rows, o.unfinished
+            ));
+        }
+        emit(&text);
     }
     Ok(())
+}
+
+/// A host owning rows of the hierarchy (the one that runs them, or ran
+/// them last).
+struct Owner {
+    host: Option<uuid::Uuid>,
+    name: Option<String>,
+    state: Option<String>,
+    rows: i64,
+    unfinished: i64,
+}
+
+async fn owners(db: &Db, root: CommandId) -> Result<Vec<Owner>> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT c.owner_host, min(o.name), min(o.state), count(*), \
+                        count(*) FILTER (WHERE c.callback_notified IS NOT TRUE) \
+                 FROM {t} c LEFT JOIN {h} o ON o.host_id = c.owner_host \
+                 WHERE c.command_id = $1 OR c.root_command_id = $1 \
+                 GROUP BY c.owner_host ORDER BY count(*) DESC",
+                t = db.table(),
+                h = db.hosts()
+            ),
+            &[root.as_uuid()],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Owner {
+            host: r.get(0),
+            name: r.get(1),
+            state: r.get(2),
+            rows: r.get(3),
+            unfinished: r.get(4),
+        })
+        .collect())
 }
 
 /// Every row under `root`: by `root_command_id` and through parent links.

@@ -1135,3 +1135,55 @@ async fn actions_print_json() {
     assert_eq!(failed["failed"].as_array().unwrap().len(), 2, "{failed:#}");
     assert_eq!(failed["reason"], "r");
 }
+
+#[tokio::test]
+async fn hosts_lists_the_registry_what_each_owns_and_what_waits_for_adoption() {
+    let db = fresh(true).await;
+    // A live host owning one hierarchy of two unfinished rows.
+    let h = isolated(&db).await;
+    let live = owned_by_host(&db, h.root.id, "alive", 1.0).await;
+    sql(
+        &db,
+        "UPDATE {t} SET owner_host = $1 WHERE command_id = $2",
+        &[
+            &uuid::Uuid::parse_str(&live).unwrap(),
+            h.waiting.id.as_uuid(),
+        ],
+    )
+    .await;
+    // A dead host still owning a hierarchy: waiting to be adopted.
+    let orphan = isolated(&db).await;
+    let dead = owned_by_host(&db, orphan.root.id, "dead", 60.0).await;
+
+    let json = db.json(&["hosts", "--json"]);
+    let hosts = json["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 2, "{json:#}");
+    let by_id = |id: &str| {
+        hosts
+            .iter()
+            .find(|x| x["host_id"] == id)
+            .unwrap_or_else(|| panic!("{id} missing: {json:#}"))
+    };
+    assert_eq!(by_id(&live)["state"], "alive");
+    assert_eq!(by_id(&live)["owned_hierarchies"], 1);
+    assert_eq!(by_id(&live)["owned_unfinished_rows"], 2);
+    assert!(by_id(&live)["heartbeat_age_seconds"].as_f64().unwrap() >= 1.0);
+    assert_eq!(by_id(&dead)["state"], "dead");
+    // The orphaned hierarchy: its root is the dead host's, its waiting
+    // child has no owner at all.
+    assert_eq!(json["without_live_owner"]["hierarchies"], 1, "{json:#}");
+    assert_eq!(json["without_live_owner"]["rows"], 2, "{json:#}");
+
+    let out = db.ok(&["hosts"]);
+    assert!(out.contains(&live[..8]) && out.contains("alive"), "{out}");
+    assert!(out.contains("1 hierarchy (2 rows)"), "{out}");
+
+    // list and show name the owner.
+    let out = db.ok(&["list"]);
+    assert!(out.contains("OWNER") && out.contains("web-1"), "{out}");
+    let out = db.ok(&["show", &h.root.id.to_string()]);
+    assert!(
+        out.contains(&format!("owner: web-1 ({}, alive)", &live[..8])),
+        "{out}"
+    );
+}
