@@ -49,6 +49,19 @@
 //! declare their `execute` safe to run again (`InterruptedExecute::Rerun`): a
 //! `RemoveSnapshot` interrupted while submitting its merges submits only the
 //! missing ones, and a merge whose start was never recorded is started again.
+//! (A host killed with SIGKILL is adopted one lease after its last heartbeat,
+//! 10 s by default: `--lease-s` shortens it.)
+//!
+//! Several processes on one database are several hosts: each runs the
+//! hierarchies it submitted, and when one dies the others adopt its work.
+//!
+//! ```text
+//! cargo run --example live_merge -- --database-url $URL --host-name a --parents 30 --lease-s 3
+//! cargo run --example live_merge -- --database-url $URL --host-name b --resume --lease-s 3
+//! # in a third terminal: command-coordinator --database-url $URL hosts
+//! # kill -9 the first one: three seconds later b adopts its hierarchies,
+//! # and its tree shows them finishing
+//! ```
 //!
 //! Logs go to stderr, at `warn` unless `RUST_LOG` says otherwise, coloured
 //! only when stderr is a terminal.
@@ -106,6 +119,14 @@ struct Args {
     /// First poll interval in milliseconds (the interval backs off up to 4×).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     poll_ms: u64,
+    /// This process's name among the hosts sharing the database
+    /// (`command-coordinator hosts`); the machine's name by default.
+    #[arg(long, value_name = "NAME")]
+    host_name: Option<String>,
+    /// The lease in seconds: how long after a host stops heartbeating the
+    /// others adopt its hierarchies (the library's default is 10).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_s: Option<u64>,
 }
 
 fn parse_fail_rate(s: &str) -> Result<f64, String> {
@@ -281,7 +302,7 @@ async fn run(
     // Migrated before the coordinator starts so that --resume can list the
     // unfinished hierarchies before they get the chance to end.
     migrate(&pool, config.schema()).await?;
-    let store = PgStore::new(pool, config.schema().clone());
+    let store = PgStore::new(pool, config.schema().clone()).with_notifications(&config);
 
     let resumable = if args.resume {
         let loaded = store.commands_with_callback_enabled().await?;
@@ -299,13 +320,26 @@ async fn run(
     };
 
     let poll = Duration::from_millis(args.poll_ms);
-    let coordinator = Coordinator::builder(store.clone())
+    let mut builder = Coordinator::builder(store.clone())
         .register::<RemoveSnapshot>()
         .register::<Merge>()
         .poll_interval(poll)
-        .max_poll_interval(poll * 4)
-        .start()
-        .await?;
+        .max_poll_interval(poll * 4);
+    if let Some(name) = &args.host_name {
+        builder = builder.host_name(name.clone());
+    }
+    if let Some(lease) = args.lease_s {
+        let lease = Duration::from_secs(lease);
+        builder = builder
+            .lease(lease)
+            .heartbeat_interval(
+                (lease / 5).clamp(Duration::from_millis(50), Duration::from_secs(2)),
+            )
+            .host_check_interval(
+                (lease / 10).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+            );
+    }
+    let coordinator = builder.start().await?;
 
     let roots: Vec<CommandId> = if args.resume {
         if resumable.is_empty() {

@@ -359,7 +359,8 @@ async fn run(
 
     END_HOLD_MS.set(args.end_hold_ms).expect("set once");
     let poll = Duration::from_millis(args.poll_ms);
-    let mut builder = Coordinator::builder(PgStore::new(pool.clone(), schema.clone()))
+    let store = PgStore::new(pool.clone(), schema.clone()).with_notifications(&config);
+    let mut builder = Coordinator::builder(store)
         .register::<TortureRoot>()
         .register::<TortureChild>()
         .poll_interval(poll)

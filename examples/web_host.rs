@@ -402,7 +402,8 @@ async fn serve(
             .url(),
     };
     let config = DatabaseConfig::from_url(&url)?;
-    let store = PgStore::new(config.create_pool()?, config.schema().clone());
+    let store =
+        PgStore::new(config.create_pool()?, config.schema().clone()).with_notifications(&config);
     // Migrates, joins the hosts of the schema, adopts and rebuilds every
     // unfinished command no live host owns.
     let coordinator = Coordinator::builder(store.clone())

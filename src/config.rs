@@ -511,6 +511,41 @@ impl DatabaseConfig {
             .map_err(|e| ConfigError::InvalidUrl(e.to_string()))
     }
 
+    /// A connection outside the pool whose asynchronous messages
+    /// (notifications) come out of the returned channel: the pool's
+    /// connections drop them. For the listener of notices between hosts.
+    pub(crate) async fn connect_notifications(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::AsyncMessage>,
+        ),
+        Box<dyn std::error::Error>,
+    > {
+        let pg = self.session_config();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let limit = self.connect_timeout() * 2;
+        let client = if self.pg.get_ssl_mode() == SslMode::Disable {
+            let (client, connection) = tokio::time::timeout(limit, pg.connect(NoTls)).await??;
+            forward_messages(connection, tx);
+            client
+        } else {
+            #[cfg(feature = "tls")]
+            {
+                let tls = crate::tls::connector(&self.ca_files)?;
+                let (client, connection) = tokio::time::timeout(limit, pg.connect(tls)).await??;
+                forward_messages(connection, tx);
+                client
+            }
+            #[cfg(not(feature = "tls"))]
+            {
+                return Err("TLS was asked for, but this build lacks the `tls` feature".into());
+            }
+        };
+        Ok((client, rx))
+    }
+
     /// The driver's configuration plus the session settings (the statement
     /// timeout travels in the startup packet: no extra round trip).
     fn session_config(&self) -> tokio_postgres::Config {
@@ -740,4 +775,22 @@ mod tests {
         // Keepalives off: their values are not checked, and none are sent.
         assert!(!base().without_keepalives().pg_config().get_keepalives());
     }
+}
+
+/// Drives `connection` on the current arbiter, handing its asynchronous
+/// messages to `tx`; ends with the connection.
+fn forward_messages<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    tx: tokio::sync::mpsc::UnboundedSender<tokio_postgres::AsyncMessage>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    actix::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if tx.send(message).is_err() {
+                break;
+            }
+        }
+    });
 }

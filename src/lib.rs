@@ -29,6 +29,7 @@ pub mod config;
 pub mod embedded;
 pub mod migrate;
 mod pg_hosts;
+mod pg_notify;
 pub mod pg_store;
 pub mod pg_transaction;
 #[cfg(feature = "tls")]

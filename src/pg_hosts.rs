@@ -257,8 +257,11 @@ impl PgStore {
             &self.sql.hosts.leave,
             &[host.as_uuid()],
         )
-        .await
-        .map(drop)
+        .await?;
+        // The others adopt at once rather than at their next host check.
+        use command_coordinator_actors::CommandStore as _;
+        let _ = self.notify(command_coordinator_actors::Notice::Adopt).await;
+        Ok(())
     }
 
     pub(crate) async fn adopt_hierarchies(

@@ -324,6 +324,9 @@ pub struct PgStore {
     pub(crate) pool: Pool,
     pub(crate) schema: SchemaName,
     pub(crate) sql: std::sync::Arc<Statements>,
+    /// Where the listener of notices between hosts connects (see
+    /// [`PgStore::with_notifications`]); `None`: polling only.
+    notifications: Option<crate::config::DatabaseConfig>,
     /// The heartbeat's own connection, made outside the pool on the
     /// heartbeat thread (see `pg_hosts`).
     pub(crate) heartbeat_client:
@@ -368,6 +371,7 @@ impl PgStore {
             schema,
             sql,
             heartbeat_client: Default::default(),
+            notifications: None,
             run_migrations: true,
             query_timeout: Some(crate::config::DEFAULT_QUERY_TIMEOUT),
             end_transactions: std::sync::Arc::new(tokio::sync::Semaphore::new(
@@ -385,6 +389,27 @@ impl PgStore {
     /// [`DatabaseConfig::with_query_timeout`](crate::DatabaseConfig::with_query_timeout).
     pub fn with_query_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
         self.query_timeout = timeout;
+        self
+    }
+
+    /// Lets hosts tell each other at once (LISTEN/NOTIFY on a connection of
+    /// its own, made from `config`) what they would otherwise find by
+    /// polling: a cancellation reaches the command's host within
+    /// milliseconds instead of its `cancel_check_interval`, a hand-over is
+    /// adopted at once, a command's end reaches a waiter on another host at
+    /// once instead of within its `remote_wait_interval`. Without it every
+    /// one of these still happens, by polling.
+    ///
+    /// ```no_run
+    /// # use command_coordinator::{DatabaseConfig, PgStore};
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = DatabaseConfig::from_url("postgres://app@db/app")?;
+    /// let store = PgStore::new(config.create_pool()?, config.schema().clone())
+    ///     .with_notifications(&config);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_notifications(mut self, config: &crate::config::DatabaseConfig) -> Self {
+        self.notifications = Some(config.clone());
         self
     }
 
@@ -845,6 +870,28 @@ impl CommandStore for PgStore {
         })
     }
 
+    fn subscribe(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<command_coordinator_actors::Notice>> {
+        let config = self.notifications.clone()?;
+        Some(crate::pg_notify::listen(config, self.schema.clone()))
+    }
+
+    fn notify(&self, notice: command_coordinator_actors::Notice) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let channel = crate::pg_notify::channel(&self.schema);
+            let payload = crate::pg_notify::payload(&notice);
+            self.execute(
+                StoreOp::Hosts,
+                None,
+                "SELECT pg_notify($1, $2)",
+                &[&channel, &payload],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
     fn join<'a>(&'a self, host: &'a HostInfo) -> StoreFuture<'a, ()> {
         Box::pin(self.join_host(host))
     }
@@ -911,7 +958,17 @@ impl CommandStore for PgStore {
                     .execute(op, Some(id), &self.sql.request_cancel, &[id.as_uuid()])
                     .await
                 {
-                    Ok(commands) => return Ok(CancelOutcome::Requested { commands }),
+                    Ok(commands) => {
+                        // The host that runs it looks at once (it would
+                        // within its cancellation check anyway).
+                        if let Err(e) = self
+                            .notify(command_coordinator_actors::Notice::Cancel)
+                            .await
+                        {
+                            tracing::debug!(error = %e, "cancellation notice not sent; hosts find it by polling");
+                        }
+                        return Ok(CancelOutcome::Requested { commands });
+                    }
                     Err(e) if e.is_transient() && attempt < CANCEL_ATTEMPTS => {
                         attempt += 1;
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use command_coordinator::{
@@ -72,8 +71,6 @@ async fn after_shutdown_nothing_is_accepted_timers_stop_and_a_new_coordinator_ta
     second.shutdown().await;
 }
 
-static RELEASED: AtomicBool = AtomicBool::new(false);
-
 /// Runs until the test releases it, then succeeds; records its end.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Held {
@@ -90,7 +87,8 @@ impl Command for Held {
 
     async fn poll(&mut self, _: &CommandContext) -> Result<PollOutcome<()>, CommandError> {
         record(&self.tag, "poll");
-        Ok(if RELEASED.load(Ordering::Acquire) {
+        // Released by the test (per tag: the tests of this file run at once).
+        Ok(if count(&self.tag, "release") > 0 {
             PollOutcome::Succeeded(())
         } else {
             PollOutcome::Running
@@ -132,7 +130,7 @@ async fn a_host_whose_lease_runs_out_stops_acting_until_it_has_heartbeats_again_
     until("the host stops acting", || !co.is_acting()).await;
     // The command could now succeed; a host without a lease must not take
     // the step (another host may be running it).
-    RELEASED.store(true, Ordering::Release);
+    record(&t, "release");
     let polls = count(&t, "poll");
     actix::clock::sleep(quiet_window(period)).await;
     assert_eq!(count(&t, "poll"), polls, "polled without a lease");
@@ -259,4 +257,137 @@ async fn end_transactions_cannot_take_the_connections_the_writer_needs() {
     }
     assert_eq!(count(&t, "transaction open"), 6);
     co.shutdown().await;
+}
+
+/// Two hosts with notifications, polling made useless (every two minutes):
+/// a cancellation sent from one reaches the command on the other at once,
+/// and so does the end of a command the other waits for.
+#[actix::test]
+async fn cancellations_and_ends_reach_another_host_by_notice_not_by_polling() {
+    let db = fresh_db().await;
+    let never = Duration::from_secs(120);
+    let host = |name: &'static str| {
+        support::builder_over(
+            PgStore::new(db.pool.clone(), db.config.schema().clone())
+                .with_notifications(&db.config),
+        )
+        .register::<Held>()
+        .cancel_check_interval(never)
+        .remote_wait_interval(never)
+        .host_name(name)
+        .start()
+    };
+    let a = host("a").await.unwrap();
+    let b = host("b").await.unwrap();
+    let channel = format!("cc:{}", db.config.schema().as_str());
+    let mut heard = Listener::new(&channel).await;
+    let watcher = db.pool.get().await.unwrap();
+    until_listening(&watcher, &channel, 3).await;
+
+    // A cancellation from b, of a command running on a.
+    let t = tag();
+    let id = a
+        .submit(support::commands::WaitsForCancel { tag: t.clone() })
+        .await
+        .unwrap();
+    until("execute runs on a", || count(&t, "execute started") == 1).await;
+    let sent = Instant::now();
+    b.cancel(id).await.unwrap();
+    until("a sees the cancellation", || {
+        count(&t, "saw the cancellation") == 1
+    })
+    .await;
+    let took = sent.elapsed();
+    println!("a cancellation from another host arrived after {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "{took:?}: polling, not a notice"
+    );
+
+    // b waits for a command of a's; its end is announced to b.
+    let held = a.submit(Held { tag: t.clone() }).await.unwrap();
+    until("it runs on a", || count(&t, "poll") >= 1).await;
+    let waiting = actix::spawn({
+        let b = b.clone();
+        async move { b.wait_for(held).await }
+    });
+    heard.until(&format!("wait:{held}")).await;
+    record(&t, "release");
+    let ended = Instant::now();
+    let outcome = within("b's wait", waiting).await.unwrap().unwrap();
+    assert!(outcome.succeeded(), "{outcome:?}");
+    println!(
+        "an end on another host reached the waiter after {:?}",
+        ended.elapsed()
+    );
+    assert!(ended.elapsed() < Duration::from_secs(5));
+    heard.until(&format!("end:{held}")).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Waits until `n` sessions listen on `channel`.
+async fn until_listening(client: &deadpool_postgres::Object, channel: &str, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let statement = format!("LISTEN \"{channel}\"");
+    loop {
+        let listening: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = $1",
+                &[&statement],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if listening >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{n} listeners never came");
+        actix::clock::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The test's own ears on the hosts' channel.
+struct Listener {
+    _client: command_coordinator::tokio_postgres::Client,
+    rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    heard: Vec<String>,
+}
+
+impl Listener {
+    async fn new(channel: &str) -> Self {
+        use command_coordinator::tokio_postgres::{AsyncMessage, NoTls, connect};
+        let (client, mut connection) = connect(&support::database_url(), NoTls).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        actix::spawn(async move {
+            while let Some(Ok(message)) =
+                std::future::poll_fn(|cx| connection.poll_message(cx)).await
+            {
+                if let AsyncMessage::Notification(n) = message
+                    && tx.send(n.payload().to_owned()).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN \"{channel}\""))
+            .await
+            .unwrap();
+        Self {
+            _client: client,
+            rx,
+            heard: Vec::new(),
+        }
+    }
+
+    async fn until(&mut self, payload: &str) {
+        within(&format!("the notice {payload}"), async {
+            while !self.heard.iter().any(|p| p == payload) {
+                let p = self.rx.recv().await.expect("the listener runs");
+                self.heard.push(p);
+            }
+        })
+        .await;
+    }
 }

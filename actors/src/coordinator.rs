@@ -39,7 +39,7 @@ use crate::messages::{ChildCompleted, Finished, Inspect};
 use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
 use crate::poll_timers::PollTimers;
 use crate::registry::Registry;
-use crate::store::{BadRow, CancelOutcome, CommandStore, StoreError, Transition};
+use crate::store::{BadRow, CancelOutcome, CommandStore, Notice, StoreError, Transition};
 use crate::writer::{OnCommit, StoreWriter};
 
 /// Why a coordinator call failed.
@@ -655,6 +655,14 @@ impl CoordinatorBuilder {
         self
     }
 
+    /// How often the ends of commands waited for here and run on another
+    /// host are looked for in the store (default 200 ms; with
+    /// notifications, see `PgStore::with_notifications`, they come at once).
+    pub fn remote_wait_interval(mut self, interval: std::time::Duration) -> Self {
+        self.config.remote_wait_interval = interval;
+        self
+    }
+
     /// What this host does when it finds itself declared dead.
     pub fn on_declared_dead(mut self, on_dead: crate::config::OnDeclaredDead) -> Self {
         self.config.on_declared_dead = on_dead;
@@ -801,6 +809,8 @@ impl CoordinatorBuilder {
             checking_remote: false,
             paused: false,
             held_polls: Vec::new(),
+            notices: coordinator.shared.store.subscribe(),
+            remote_waited: HashSet::new(),
             membership: Membership::new(
                 coordinator.shared.config.lease,
                 coordinator.shared.config.heartbeat_interval,
@@ -885,6 +895,11 @@ pub(crate) struct CoordinatorActor {
     paused: bool,
     /// Polls that came due while paused.
     held_polls: Vec<(CommandId, u32)>,
+    /// Notices from other hosts, until the actor starts reading them.
+    notices: Option<tokio::sync::mpsc::UnboundedReceiver<Notice>>,
+    /// Commands of this host that a host waits for: their end is
+    /// announced.
+    remote_waited: HashSet<CommandId>,
     /// Every live command's next poll.
     timers: PollTimers,
 }
@@ -899,6 +914,9 @@ impl Actor for CoordinatorActor {
         ctx.run_interval(every, |_, ctx| ctx.notify(CheckHosts));
         let every = self.handle.shared.config.remote_wait_interval;
         ctx.run_interval(every, |_, ctx| ctx.notify(CheckRemoteWaits));
+        if let Some(notices) = self.notices.take() {
+            self.drive_notices(ctx, notices);
+        }
         self.drive_polls(ctx);
     }
 }
@@ -1175,16 +1193,68 @@ impl Handler<WaitRemote> for CoordinatorActor {
 
     fn handle(&mut self, msg: WaitRemote, ctx: &mut Self::Context) {
         self.waiters.entry(msg.id).or_default().push(msg.tx);
+        // Its host announces its end; the store is polled meanwhile.
+        self.announce(Notice::Waited(msg.id));
         ctx.notify(CheckRemoteWaits);
     }
 }
 
 impl CoordinatorActor {
+    /// Reads notices from other hosts one at a time, for as long as the
+    /// actor runs.
+    fn drive_notices(
+        &mut self,
+        ctx: &mut Context<Self>,
+        mut notices: tokio::sync::mpsc::UnboundedReceiver<Notice>,
+    ) {
+        ctx.spawn(
+            async move {
+                let notice = notices.recv().await;
+                (notice, notices)
+            }
+            .into_actor(self)
+            .map(|(notice, notices), act, ctx| {
+                let Some(notice) = notice else { return };
+                match notice {
+                    Notice::Cancel => ctx.notify(CheckCancellations),
+                    Notice::Adopt => ctx.notify(CheckHosts),
+                    Notice::Waited(id) => {
+                        if act.live.contains_key(&id) || act.parked.contains_key(&id) {
+                            act.remote_waited.insert(id);
+                        }
+                    }
+                    Notice::Ended(id) => {
+                        if act.waiters.contains_key(&id) {
+                            ctx.notify(CheckRemoteWaits);
+                        }
+                    }
+                    Notice::Resubscribed => {
+                        // Whatever was said while nobody listened.
+                        ctx.notify(CheckCancellations);
+                        ctx.notify(CheckRemoteWaits);
+                    }
+                }
+                act.drive_notices(ctx, notices);
+            }),
+        );
+    }
+
+    /// Tells the other hosts, without waiting (they poll anyway).
+    fn announce(&self, notice: Notice) {
+        let store = self.handle.shared.store.clone();
+        actix::spawn(async move {
+            if let Err(e) = store.notify(notice).await {
+                debug!(error = %e, ?notice, "notice not sent; the other hosts find it by polling");
+            }
+        });
+    }
+
     /// Stops every command of this host (their actors stop once their
     /// addresses are dropped); waiters stay, and are answered from the
     /// store by whichever host runs the commands now.
     fn drop_all(&mut self) {
         self.paused = false;
+        self.remote_waited.clear();
         self.held_polls.clear();
         self.live.clear();
         self.parked.clear();
@@ -1627,6 +1697,9 @@ impl Handler<FinishedMsg> for CoordinatorActor {
             for waiter in waiters {
                 let _ = waiter.send(outcome.clone());
             }
+        }
+        if self.remote_waited.remove(&id) {
+            self.announce(Notice::Ended(id));
         }
     }
 }

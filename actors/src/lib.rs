@@ -42,6 +42,6 @@ pub use hosts::{HostId, HostInfo, HostRecord, HostState, OwnedRows};
 pub use model::{CommandEntity, CommandId, CommandStatus, JsonPayload, UnknownStatus};
 pub use store::{
     Applied, BadRow, BoxError, CancelOutcome, CommandStore, CommandUpdate, EndTransaction, Expired,
-    LoadedRows, LocalStoreFuture, RemovedBatch, StoreError, StoreErrorKind, StoreFuture, StoreOp,
-    Transition,
+    LoadedRows, LocalStoreFuture, Notice, RemovedBatch, StoreError, StoreErrorKind, StoreFuture,
+    StoreOp, Transition,
 };

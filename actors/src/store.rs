@@ -293,6 +293,22 @@ pub trait EndTransaction {
     }
 }
 
+/// A notice between hosts (see [`CommandStore::subscribe`]): it only makes
+/// things prompt; polling finds the same a moment later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A cancellation was requested: the hosts look at once.
+    Cancel,
+    /// A host left: its hierarchies are there to adopt.
+    Adopt,
+    /// A host waits for this command: its owner says when it ended.
+    Waited(CommandId),
+    /// This command ended (for hosts waiting for it).
+    Ended(CommandId),
+    /// The listener (re)connected: notices may have been missed meanwhile.
+    Resubscribed,
+}
+
 /// What [`CommandStore::apply`] did with a batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -442,6 +458,17 @@ pub trait CommandStore: Send + Sync + 'static {
 
     /// Readies the store for a coordinator (migrations, for PostgreSQL).
     fn prepare(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Notices from other hosts, when the store can listen for them
+    /// (`None`: polling only). Called once per coordinator.
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Notice>> {
+        None
+    }
+
+    /// Tells the other hosts (best effort: they poll anyway).
+    fn notify(&self, _notice: Notice) -> StoreFuture<'_, ()> {
         Box::pin(async { Ok(()) })
     }
 
