@@ -651,6 +651,24 @@ impl fmt::Debug for DatabaseConfig {
     }
 }
 
+/// Drives `connection` on the current arbiter, handing its asynchronous
+/// messages to `tx`; ends with the connection.
+fn forward_messages<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    tx: tokio::sync::mpsc::UnboundedSender<tokio_postgres::AsyncMessage>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    actix::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if tx.send(message).is_err() {
+                break;
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -775,22 +793,4 @@ mod tests {
         // Keepalives off: their values are not checked, and none are sent.
         assert!(!base().without_keepalives().pg_config().get_keepalives());
     }
-}
-
-/// Drives `connection` on the current arbiter, handing its asynchronous
-/// messages to `tx`; ends with the connection.
-fn forward_messages<S, T>(
-    mut connection: tokio_postgres::Connection<S, T>,
-    tx: tokio::sync::mpsc::UnboundedSender<tokio_postgres::AsyncMessage>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
-{
-    actix::spawn(async move {
-        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-            if tx.send(message).is_err() {
-                break;
-            }
-        }
-    });
 }

@@ -129,6 +129,9 @@ pub enum EmbeddedError {
         /// What `initdb` printed on stderr (and stdout, if stderr was empty).
         stderr: String,
     },
+    /// `pg_basebackup` (making a standby) exited unsuccessfully.
+    #[error("pg_basebackup failed ({status}):\n{stderr}")]
+    BaseBackupFailed { status: ExitStatus, stderr: String },
     /// The server process exited while we waited for it to become ready.
     #[error("PostgreSQL server exited during startup ({status}); last lines of {}:\n{tail}", .log.display())]
     ServerExited {
@@ -321,6 +324,69 @@ impl EmbeddedPostgres {
     /// Creates `<base>/socket` for the server's Unix socket and lock file; a
     /// private directory avoids clashing with a system server in
     /// `/var/run/postgresql`.
+    /// A streaming standby of this cluster, on a port and in a directory
+    /// of its own (`pg_basebackup -R`: it follows this server until it is
+    /// promoted, `SELECT pg_promote()`), for failover tests. Like this one it
+    /// dies with the thread that started it.
+    pub fn start_standby(&self) -> Result<EmbeddedPostgres, EmbeddedError> {
+        let base_dir = create_base_dir(self.run_as)?;
+        let mut standby = EmbeddedPostgres {
+            options: self.options,
+            bin_dir: self.bin_dir.clone(),
+            data_dir: base_dir.join("data"),
+            socket_dir: base_dir.join("socket"),
+            log_path: base_dir.join("server.log"),
+            base_dir,
+            run_as: self.run_as,
+            port: 0,
+            child: None,
+        };
+        standby.create_socket_dir()?;
+        let tool = self.bin_dir.join("pg_basebackup");
+        let mut cmd = Command::new(&tool);
+        cmd.arg("-D")
+            .arg(&standby.data_dir)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-R", "-X", "stream", "-c", "fast"]);
+        if !self.options.durable {
+            cmd.arg("--no-sync");
+        }
+        standby.prepare(&mut cmd);
+        cmd.stdin(Stdio::null());
+        let output = cmd
+            .output()
+            .map_err(|e| EmbeddedError::io(format!("running {}", tool.display()), e))?;
+        if !output.status.success() {
+            return Err(EmbeddedError::BaseBackupFailed {
+                status: output.status,
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            });
+        }
+        let mut attempt = 1;
+        loop {
+            standby.port = free_port()?;
+            match standby.spawn_and_wait() {
+                Ok(()) => break,
+                Err(e) if attempt < PORT_ATTEMPTS && e.is_port_in_use() => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::info!(url = %standby.url(), "embedded standby started");
+        Ok(standby)
+    }
+
+    /// Kills the server with SIGKILL: a crash, no shutdown checkpoint (the
+    /// data directory stays; [`start_server`](Self::start_server) recovers it).
+    pub fn kill_server(&mut self) -> Result<(), EmbeddedError> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            child
+                .wait()
+                .map_err(|e| EmbeddedError::io("reaping the killed PostgreSQL server", e))?;
+        }
+        Ok(())
+    }
+
     fn create_socket_dir(&self) -> Result<(), EmbeddedError> {
         create_private_dir(&self.socket_dir, self.run_as)
     }

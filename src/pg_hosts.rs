@@ -39,6 +39,7 @@ pub(crate) struct HostStatements {
     owned_unfinished: String,
     owned_children: String,
     owned_cancel_requested: String,
+    prune: String,
     ended: String,
 }
 
@@ -87,8 +88,11 @@ impl HostStatements {
                 "UPDATE {h} SET state = 'leaving', ended_at = now() \
                  WHERE host_id = $1 AND state = 'alive'"
             ),
-            // Unfinished rows whose owner is not alive (or unknown, or
-            // none), oldest first, rows that head their hierarchy before the
+            // Unfinished rows whose owner is not alive (or none), found
+            // through the owner index (`owner_host IN` the few hosts that
+            // are not alive: a probe each, so that the host check that runs
+            // this every second costs nothing while there is nothing to
+            // adopt, however many commands run), oldest first, rows that head their hierarchy before the
             // others; `SKIP LOCKED` lets several adopters share them. Each
             // picked row brings its whole hierarchy (the rows sharing its
             // key, `coalesce(root_command_id, command_id)`: one equality, so
@@ -104,9 +108,9 @@ impl HostStatements {
             adopt: format!(
                 "WITH picked AS ( \
                    SELECT coalesce(r.root_command_id, r.command_id) AS root FROM {t} r \
-                   LEFT JOIN {h} o ON o.host_id = r.owner_host \
                    WHERE r.callback_enabled AND r.callback_notified IS NOT TRUE \
-                     AND (r.owner_host IS NULL OR o.state IS DISTINCT FROM 'alive') \
+                     AND (r.owner_host IS NULL \
+                          OR r.owner_host IN (SELECT host_id FROM {h} WHERE state <> 'alive')) \
                    ORDER BY coalesce(r.root_command_id, r.command_id) <> r.command_id, \
                             r.created_at \
                    LIMIT $2 \
@@ -131,6 +135,14 @@ impl HostStatements {
             owned_cancel_requested: format!(
                 "SELECT command_id FROM {t} \
                  WHERE {owned} AND cancel_requested_at IS NOT NULL AND status NOT IN {ENDED}"
+            ),
+            // Hosts gone for a day that own nothing unfinished: each start
+            // of a process registers a new one.
+            prune: format!(
+                "DELETE FROM {h} o WHERE o.state <> 'alive' \
+                   AND o.ended_at < now() - make_interval(secs => $1) \
+                   AND NOT EXISTS (SELECT 1 FROM {t} c WHERE c.owner_host = o.host_id \
+                                   AND c.callback_enabled AND c.callback_notified IS NOT TRUE)"
             ),
             ended: format!(
                 "SELECT {COLUMNS} FROM {t} WHERE command_id = ANY($1) AND status IN {ENDED}"
@@ -248,6 +260,14 @@ impl PgStore {
             }
         }
         Ok(dead)
+    }
+
+    /// Removes hosts that left or died more than `after` ago and own
+    /// nothing unfinished; returns how many.
+    pub(crate) async fn prune_hosts(&self, after: std::time::Duration) -> Result<u64, StoreError> {
+        let after = after.as_secs_f64();
+        self.execute(StoreOp::Hosts, None, &self.sql.hosts.prune, &[&after])
+            .await
     }
 
     pub(crate) async fn leave_host(&self, host: HostId) -> Result<(), StoreError> {

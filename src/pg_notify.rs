@@ -100,10 +100,10 @@ async fn session(
         tokio::select! {
             message = messages.recv() => match message {
                 Some(AsyncMessage::Notification(n)) => {
-                    if let Some(notice) = parse(n.payload()) {
-                        if tx.send(notice).is_err() {
-                            return Ok(());
-                        }
+                    if let Some(notice) = parse(n.payload())
+                        && tx.send(notice).is_err()
+                    {
+                        return Ok(());
                     }
                 }
                 Some(_) => {}

@@ -913,6 +913,10 @@ impl CommandStore for PgStore {
         Box::pin(self.declare_hosts_dead(by, observed, lease))
     }
 
+    fn prune_hosts(&self, after: std::time::Duration) -> StoreFuture<'_, u64> {
+        Box::pin(self.prune_hosts(after))
+    }
+
     fn leave(&self, host: HostId) -> StoreFuture<'_, ()> {
         Box::pin(self.leave_host(host))
     }

@@ -768,6 +768,11 @@ impl CoordinatorBuilder {
             StartError::InvalidConfig(format!("cannot start the heartbeat thread: {e}"))
         })?;
         info!(host = %host.id, name = %host.name, "host joined");
+        match self.store.prune_hosts(HOST_RECORD_KEPT).await {
+            Ok(0) => {}
+            Ok(n) => debug!(hosts = n, "hosts gone for a day removed from the registry"),
+            Err(e) => warn!(error = %e, "could not prune the registry of hosts"),
+        }
         let writer = StoreWriter::start(
             self.store.clone(),
             self.config.writer.clone(),
@@ -945,6 +950,11 @@ impl Handler<StopCoordinator> for CoordinatorActor {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct CheckHosts;
+
+/// How long the registry keeps a host that left or died (and owns
+/// nothing unfinished): for `command-coordinator hosts --all` and the
+/// post-mortem.
+pub const HOST_RECORD_KEPT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Most adoption statements per host tick: the tick stays short, and other
 /// hosts get their share of a large orphaned backlog.

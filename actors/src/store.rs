@@ -434,6 +434,13 @@ pub trait CommandStore: Send + Sync + 'static {
         lease: std::time::Duration,
     ) -> StoreFuture<'a, Vec<HostId>>;
 
+    /// Removes from the registry the hosts that left or died more than
+    /// `after` ago and own nothing unfinished (every process start registers
+    /// a new host). Returns how many.
+    fn prune_hosts(&self, _after: std::time::Duration) -> StoreFuture<'_, u64> {
+        Box::pin(async { Ok(0) })
+    }
+
     /// Marks `host` as leaving: other hosts adopt its hierarchies at once.
     fn leave(&self, host: HostId) -> StoreFuture<'_, ()>;
 
