@@ -40,6 +40,7 @@ pub(crate) struct HostStatements {
     owned_children: String,
     owned_cancel_requested: String,
     prune: String,
+    claim: String,
     ended: String,
 }
 
@@ -143,6 +144,12 @@ impl HostStatements {
                    AND o.ended_at < now() - make_interval(secs => $1) \
                    AND NOT EXISTS (SELECT 1 FROM {t} c WHERE c.owner_host = o.host_id \
                                    AND c.callback_enabled AND c.callback_notified IS NOT TRUE)"
+            ),
+            // Offered to $1 by the host that placed them (V7's index).
+            claim: format!(
+                "UPDATE {t} SET owner_epoch = 1 \
+                 WHERE owner_host = $1 AND owner_epoch = 0 AND callback_notified IS NOT TRUE \
+                 RETURNING coalesce(root_command_id, command_id)"
             ),
             ended: format!(
                 "SELECT {COLUMNS} FROM {t} WHERE command_id = ANY($1) AND status IN {ENDED}"
@@ -260,6 +267,24 @@ impl PgStore {
             }
         }
         Ok(dead)
+    }
+
+    pub(crate) async fn claim(&self, host: HostId) -> Result<Vec<CommandId>, StoreError> {
+        let rows = self
+            .query(
+                StoreOp::Adopt,
+                None,
+                &self.sql.hosts.claim,
+                &[host.as_uuid()],
+            )
+            .await?;
+        let mut keys: Vec<CommandId> = rows
+            .iter()
+            .map(|r| CommandId::from_uuid(r.get(0)))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
     }
 
     /// Removes hosts that left or died more than `after` ago and own

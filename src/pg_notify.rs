@@ -38,6 +38,7 @@ pub(crate) fn payload(notice: &Notice) -> String {
         Notice::Adopt => "adopt".into(),
         Notice::Waited(id) => format!("wait:{id}"),
         Notice::Ended(id) => format!("end:{id}"),
+        Notice::Offered(host) => format!("offer:{host}"),
         Notice::Resubscribed => "resubscribed".into(),
     }
 }
@@ -49,6 +50,10 @@ fn parse(payload: &str) -> Option<Notice> {
         None if payload == "adopt" => Some(Notice::Adopt),
         Some(("wait", rest)) => id(rest).map(Notice::Waited),
         Some(("end", rest)) => id(rest).map(Notice::Ended),
+        Some(("offer", rest)) => rest
+            .parse::<uuid::Uuid>()
+            .ok()
+            .map(|u| Notice::Offered(command_coordinator_actors::HostId::from_uuid(u))),
         _ => None,
     }
 }
@@ -126,6 +131,7 @@ mod tests {
             Notice::Adopt,
             Notice::Waited(id),
             Notice::Ended(id),
+            Notice::Offered(command_coordinator_actors::HostId::new()),
         ] {
             assert_eq!(parse(&payload(&notice)), Some(notice));
         }

@@ -198,7 +198,8 @@ impl Statements {
             // which a paused process holds locks between two statements).
             //
             // Fenced. New rows are inserted only while the host ($26) is
-            // alive, and are owned by it; `h` takes a share lock on the
+            // alive, and are owned by it (or offered to the host it placed
+            // them on, $27: owner_epoch 0 until that host claims them); `h` takes a share lock on the
             // host's row, so a host declaring it dead waits for this
             // statement, and after that no insert of it passes. Updates
             // apply only to rows the host owns: checked on the row being
@@ -225,13 +226,13 @@ impl Statements {
                    SELECT u.id, u.ty, u.root, u.parent, u.params, u.class, u.created, now(), \
                           CASE WHEN u.status IN {ENDED} THEN now() END, u.status, u.cb, \
                           u.notified, u.executed, u.rv, u.rv_class, u.reason, u.job, u.step, \
-                          $26, 1 \
+                          coalesce(u.placed, $26), CASE WHEN u.placed IS NULL THEN 1 ELSE 0 END \
                    FROM unnest($1::uuid[], $2::int4[], $3::uuid[], $4::uuid[], $5::text[], \
                                $6::text[], $7::timestamptz[], $8::text[], $9::bool[], \
                                $10::bool[], $11::bool[], $12::text[], $13::text[], $14::text[], \
-                               $15::uuid[], $16::uuid[]) \
+                               $15::uuid[], $16::uuid[], $27::uuid[]) \
                      AS u(id, ty, root, parent, params, class, created, status, cb, notified, \
-                          executed, rv, rv_class, reason, job, step) \
+                          executed, rv, rv_class, reason, job, step, placed) \
                    WHERE EXISTS (SELECT 1 FROM h) \
                    ON CONFLICT (command_id) DO NOTHING \
                  ), upd AS ( \
@@ -503,12 +504,13 @@ impl PgStore {
         }
         let client = self.client(op, first).await?;
         let stmt = client.prepare_cached(&self.sql.apply).await.map_err(pg)?;
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::with_capacity(26);
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::with_capacity(27);
         let insert_params = inserts.params();
         let update_params = updates.params();
         params.extend(insert_params);
         params.extend(update_params);
         params.push(host.as_uuid());
+        params.push(&inserts.placed);
         let row = client.query_one(&stmt, &params).await.map_err(pg)?;
         let alive = row.get::<_, i64>(0) > 0;
         let missed: Vec<Uuid> = row.get(1);
@@ -913,6 +915,10 @@ impl CommandStore for PgStore {
         Box::pin(self.declare_hosts_dead(by, observed, lease))
     }
 
+    fn claim_offered(&self, host: HostId) -> StoreFuture<'_, Vec<CommandId>> {
+        Box::pin(self.claim(host))
+    }
+
     fn prune_hosts(&self, after: std::time::Duration) -> StoreFuture<'_, u64> {
         Box::pin(self.prune_hosts(after))
     }
@@ -1069,6 +1075,8 @@ struct InsertColumns<'a> {
     reason: Vec<Option<&'a str>>,
     job: Vec<Option<Uuid>>,
     step: Vec<Option<Uuid>>,
+    /// The host a new hierarchy was placed on (`None`: the writer's own).
+    placed: Vec<Option<Uuid>>,
 }
 
 impl<'a> InsertColumns<'a> {
@@ -1090,6 +1098,7 @@ impl<'a> InsertColumns<'a> {
         self.reason.push(e.failure_reason.as_deref());
         self.job.push(e.job_id);
         self.step.push(e.step_id);
+        self.placed.push(e.owner.map(|h| *h.as_uuid()));
     }
 
     fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 16] {

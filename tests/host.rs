@@ -391,3 +391,72 @@ impl Listener {
         .await;
     }
 }
+
+/// A host that places new hierarchies on the less loaded of two hosts: with
+/// itself busy, they go to the other, which claims and runs them, and the
+/// caller's `execute()` on the first still gets each outcome.
+#[actix::test]
+async fn a_busy_host_places_new_hierarchies_on_an_idle_one_and_its_caller_gets_the_outcome() {
+    let db = fresh_db().await;
+    let store =
+        || PgStore::new(db.pool.clone(), db.config.schema().clone()).with_notifications(&db.config);
+    let front = support::builder_over(store())
+        .register::<Held>()
+        .placement(command_coordinator::Placement::LeastLoaded)
+        .host_name("front")
+        .start()
+        .await
+        .unwrap();
+    let worker = support::builder_over(store())
+        .register::<Held>()
+        .host_name("worker")
+        .start()
+        .await
+        .unwrap();
+    // The front end is busy (placement counts live commands).
+    let t = tag();
+    for _ in 0..30 {
+        front.submit(Held { tag: t.clone() }).await.unwrap();
+    }
+    until("the front end's commands run", || count(&t, "poll") >= 30).await;
+
+    // New hierarchies go to the worker, sooner or later (each is placed on
+    // the lesser of two random hosts).
+    let mut on_worker = Vec::new();
+    let mut placed = 0;
+    let began = Instant::now();
+    while on_worker.is_empty() {
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "nothing was placed on the worker"
+        );
+        let u = tag();
+        record(&u, "release");
+        let outcome = within("a placed hierarchy", front.execute(Held { tag: u.clone() }))
+            .await
+            .unwrap();
+        assert!(outcome.succeeded(), "{outcome:?}");
+        placed += 1;
+        let row = db.store.get(outcome.id).await.unwrap().unwrap();
+        if row.owner == Some(worker.host_id()) {
+            on_worker.push(outcome.id);
+        } else {
+            assert_eq!(row.owner, Some(front.host_id()));
+        }
+    }
+    println!("{placed} hierarchies submitted until one ran on the worker");
+    // Claimed (epoch 1), run once there.
+    let client = db.pool.get().await.unwrap();
+    let offered: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM {} WHERE owner_epoch = 0", db.table()),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(offered, 0, "hierarchies offered and never claimed");
+    record(&t, "release");
+    front.shutdown().await;
+    worker.shutdown().await;
+}

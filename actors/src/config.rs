@@ -62,6 +62,19 @@ pub const DEFAULT_ADOPT_BATCH: u32 = 500;
 /// there are such waiters.
 pub const DEFAULT_REMOTE_WAIT_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Where a new hierarchy (a root submitted by the host's code) runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// On the host that submitted it (the default): in an embedded
+    /// library, the caller is there.
+    Local,
+    /// On the less loaded of two live hosts picked at random (by the
+    /// commands each ran at its last heartbeat): for a front end that
+    /// submits everything. The caller's `execute()` still resolves when the
+    /// hierarchy ends there. Children always run on their root's host.
+    LeastLoaded,
+}
+
 /// What a host does when it finds itself declared dead (it was paused or
 /// cut off for longer than the lease, and its hierarchies were adopted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +144,7 @@ pub struct RuntimeConfig {
     /// when `None`.
     pub host_name: Option<String>,
     pub on_declared_dead: OnDeclaredDead,
+    pub placement: Placement,
     pub cleanup: CleanupConfig,
     pub writer: WriterConfig,
 }
@@ -153,6 +167,7 @@ impl Default for RuntimeConfig {
             remote_wait_interval: DEFAULT_REMOTE_WAIT_INTERVAL,
             host_name: None,
             on_declared_dead: OnDeclaredDead::Rejoin,
+            placement: Placement::Local,
             cleanup: CleanupConfig::default(),
             writer: WriterConfig::default(),
         }

@@ -183,6 +183,12 @@ struct Shared {
     fence: Arc<Fence>,
     heartbeat: Arc<Heartbeat>,
     heartbeat_thread: std::sync::Mutex<Option<HeartbeatThread>>,
+    /// The live hosts and the commands each ran at its last heartbeat, as
+    /// the last host check read them: where `Placement::LeastLoaded` puts
+    /// new hierarchies.
+    live_hosts: std::sync::Mutex<Vec<(HostId, u64)>>,
+    /// Picks of placement so far (its random choice is derived from it).
+    picks: std::sync::atomic::AtomicU64,
     /// Set by [`Coordinator::shutdown`]: nothing new is accepted or started.
     stopped: std::sync::atomic::AtomicBool,
 }
@@ -551,8 +557,38 @@ impl Coordinator {
             entity.parent_id = Some(link.parent);
             entity.root_id = Some(link.root);
             parked = link.parked;
+        } else if self.shared.config.placement == crate::config::Placement::LeastLoaded {
+            let me = self.shared.fence.host();
+            entity.owner = Some(self.place()).filter(|host| *host != me);
         }
         Ok((entity, parked))
+    }
+
+    /// The less loaded of two live hosts picked at random ("the power of two
+    /// choices": close to the least loaded, without every host sending its
+    /// work to the same one between two heartbeats).
+    fn place(&self) -> HostId {
+        use std::hash::{BuildHasher, Hasher};
+        let me = self.shared.fence.host();
+        let hosts = self.shared.live_hosts.lock().expect("never poisoned");
+        if hosts.len() < 2 {
+            return me;
+        }
+        let pick = self
+            .shared
+            .picks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(pick);
+        let r = hasher.finish();
+        let n = hosts.len() as u64;
+        let first = hosts[(r % n) as usize];
+        let second = hosts[((r / n) % n) as usize];
+        if second.1 < first.1 {
+            second.0
+        } else {
+            first.0
+        }
     }
 
     pub(crate) async fn submit_with_parent<C: Command>(
@@ -660,6 +696,12 @@ impl CoordinatorBuilder {
     /// notifications, see `PgStore::with_notifications`, they come at once).
     pub fn remote_wait_interval(mut self, interval: std::time::Duration) -> Self {
         self.config.remote_wait_interval = interval;
+        self
+    }
+
+    /// Where new hierarchies run (default: on this host).
+    pub fn placement(mut self, placement: crate::config::Placement) -> Self {
+        self.config.placement = placement;
         self
     }
 
@@ -797,6 +839,8 @@ impl CoordinatorBuilder {
             fence,
             heartbeat,
             heartbeat_thread: std::sync::Mutex::new(Some(heartbeat_thread)),
+            live_hosts: Default::default(),
+            picks: Default::default(),
             stopped: Default::default(),
         });
         let coordinator = Coordinator {
@@ -1083,6 +1127,15 @@ impl Handler<CheckHosts> for CoordinatorActor {
             async move { reader.hosts().await }
                 .into_actor(self)
                 .then(move |hosts, act, _| {
+                    if let Ok(hosts) = &hosts {
+                        let shared = &act.handle.shared;
+                        let mine = shared.heartbeat.live.load(std::sync::atomic::Ordering::Relaxed);
+                        *shared.live_hosts.lock().expect("never poisoned") = hosts
+                            .iter()
+                            .filter(|h| h.state == crate::hosts::HostState::Alive)
+                            .map(|h| (h.id, if h.id == me { mine } else { h.live_commands }))
+                            .collect();
+                    }
                     let candidates = match &hosts {
                         Ok(hosts) => act.membership.observe(me, hosts, std::time::Instant::now(), streak),
                         Err(e) => {
@@ -1103,7 +1156,8 @@ impl Handler<CheckHosts> for CoordinatorActor {
                             }
                             metrics::counter!(crate::metrics::HOSTS_DECLARED_DEAD).increment(dead.len() as u64);
                         }
-                        let mut roots = Vec::new();
+                        // Hierarchies other hosts placed here first.
+                        let mut roots = store.claim_offered(me).await?;
                         for _ in 0..ADOPT_SLICES_PER_TICK {
                             if !fence.acting() {
                                 break;
@@ -1228,6 +1282,11 @@ impl CoordinatorActor {
                 match notice {
                     Notice::Cancel => ctx.notify(CheckCancellations),
                     Notice::Adopt => ctx.notify(CheckHosts),
+                    Notice::Offered(host) => {
+                        if host == act.handle.shared.fence.host() {
+                            ctx.notify(CheckHosts);
+                        }
+                    }
                     Notice::Waited(id) => {
                         if act.live.contains_key(&id) || act.parked.contains_key(&id) {
                             act.remote_waited.insert(id);
@@ -1447,10 +1506,22 @@ struct Spawn {
 impl Handler<Spawn> for CoordinatorActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Spawn, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Spawn, ctx: &mut Self::Context) {
         let id = msg.entity.id;
         if let Some(waiter) = msg.waiter {
             self.waiters.entry(id).or_default().push(waiter);
+        }
+        if let Some(host) = msg.entity.owner
+            && host != self.handle.shared.fence.host()
+        {
+            // Placed on another host: it claims and runs it; a waiter here
+            // hears of its end (announced, else found by polling).
+            self.announce(Notice::Offered(host));
+            if self.waiters.contains_key(&id) {
+                self.announce(Notice::Waited(id));
+                ctx.notify(CheckRemoteWaits);
+            }
+            return;
         }
         if msg.parked {
             self.parked.insert(id, msg.entity);

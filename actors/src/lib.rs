@@ -36,7 +36,7 @@ pub use command::{
     ChildExecution, ChildView, Command, CommandContext, CommandError, InterruptedExecute,
     PollOutcome,
 };
-pub use config::{CleanupConfig, OnDeclaredDead, OnRootEnd, RuntimeConfig};
+pub use config::{CleanupConfig, OnDeclaredDead, OnRootEnd, Placement, RuntimeConfig};
 pub use coordinator::{Coordinator, CoordinatorBuilder, CoordinatorError, Outcome, StartError};
 pub use hosts::{HostId, HostInfo, HostRecord, HostState, OwnedRows};
 pub use model::{CommandEntity, CommandId, CommandStatus, JsonPayload, UnknownStatus};

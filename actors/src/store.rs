@@ -305,6 +305,8 @@ pub enum Notice {
     Waited(CommandId),
     /// This command ended (for hosts waiting for it).
     Ended(CommandId),
+    /// A new hierarchy was placed on this host: it claims it.
+    Offered(HostId),
     /// The listener (re)connected: notices may have been missed meanwhile.
     Resubscribed,
 }
@@ -439,6 +441,13 @@ pub trait CommandStore: Send + Sync + 'static {
     /// a new host). Returns how many.
     fn prune_hosts(&self, _after: std::time::Duration) -> StoreFuture<'_, u64> {
         Box::pin(async { Ok(0) })
+    }
+
+    /// Claims the hierarchies another host placed on `host` (offered, not
+    /// started yet); returns their keys, to load with
+    /// [`CommandStore::load_owned`].
+    fn claim_offered(&self, _host: HostId) -> StoreFuture<'_, Vec<CommandId>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 
     /// Marks `host` as leaving: other hosts adopt its hierarchies at once.
