@@ -8,8 +8,9 @@
 //! effects (a table without a unique constraint) proves that nothing was
 //! lost, nothing ran twice, and every end action ran once.
 //!
-//! `HOSTS_CHAOS=<n>` adds a run of n random kill / stop / continue events
-//! (about 20 for the long variant, in release mode):
+//! Then a run of random kill / stop / continue events: 3 in the short
+//! variant, `HOSTS_CHAOS=<n>` for more (about 20 for the long variant, in
+//! release mode):
 //!
 //! ```text
 //! cargo build --release --example torture_host
@@ -36,6 +37,9 @@ const HEARTBEAT: Duration = Duration::from_millis(200);
 /// The torture host reads the registry every lease / 10.
 const HOST_CHECK: Duration = Duration::from_millis(300);
 const CHILDREN: u32 = 3;
+/// Random events of the short variant (`cargo test`); `HOSTS_CHAOS=20` for
+/// the long one.
+const SHORT_CHAOS: u32 = 3;
 /// Longest wait for any one event.
 const PATIENCE: Duration = Duration::from_secs(90);
 
@@ -268,8 +272,8 @@ fn hosts_stopped_killed_and_terminated_hand_over_their_work_and_nothing_runs_twi
     let chaos: u32 = std::env::var("HOSTS_CHAOS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let hierarchies = 900 + 300 * chaos;
+        .unwrap_or(SHORT_CHAOS);
+    let hierarchies = 900 + 100 * chaos;
     actix::System::new().block_on(async {
         let config = DatabaseConfig::from_url(&url)
             .unwrap()
@@ -408,9 +412,12 @@ fn hosts_stopped_killed_and_terminated_hand_over_their_work_and_nothing_runs_twi
         procs[0] = fleet.spawn(0);
         ids[0] = fleet.host_id(&procs[0].name).await;
 
-        // 5. Optional chaos: random kills, stops and continues.
+        // 5. Chaos: random kills, stops (shorter and longer than the lease)
+        // and continues, each aimed at a host seen heartbeating.
         for event in 0..chaos {
             let i = fastrand::usize(..procs.len());
+            let id = fleet.host_id(&procs[i].name).await;
+            fleet.until_heartbeat(&procs[i].name, id).await;
             match fastrand::u8(..3) {
                 0 => {
                     println!("chaos {event}: kill -9 {}", procs[i].name);
