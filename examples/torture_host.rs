@@ -334,7 +334,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("torture_host: {e}");
+            eprintln!("torture_host: {}", command_coordinator::error_chain(&*e));
             ExitCode::FAILURE
         }
     }
@@ -511,14 +511,21 @@ async fn prepare_tables(
 ) -> Result<u64, Box<dyn std::error::Error>> {
     let s = schema.quoted();
     let mut client = pool.get().await?;
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {s}.torture_effects \
-                 (command_id uuid NOT NULL, kind text NOT NULL, seq int NOT NULL); \
-             CREATE TABLE IF NOT EXISTS {s}.torture_meta (marker text PRIMARY KEY);"
-        ))
-        .await?;
     let tx = client.transaction().await?;
+    // Several hosts start at once on one schema (tests/hosts.rs): two
+    // concurrent CREATE TABLE IF NOT EXISTS of one table collide in the
+    // catalog, so the first takes the lock and the others find the tables.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&0x4343_0099_i32, &schema.as_str()],
+    )
+    .await?;
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {s}.torture_effects \
+             (command_id uuid NOT NULL, kind text NOT NULL, seq int NOT NULL); \
+         CREATE TABLE IF NOT EXISTS {s}.torture_meta (marker text PRIMARY KEY);"
+    ))
+    .await?;
     let fresh = tx
         .execute(
             &format!(

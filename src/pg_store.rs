@@ -25,7 +25,7 @@ use command_coordinator_actors::{
 pub(crate) const COLUMNS: &str = "command_id, command_type, root_command_id, parent_command_id, \
     command_parameters, command_params_class, created_at, updated_at, ended_at, status, \
     callback_enabled, callback_notified, executed, return_value, return_value_class, \
-    failure_reason, job_id, step_id, owner_host";
+    failure_reason, job_id, step_id, owner_host, owner_epoch";
 
 /// The `status IN (...)` list of ended statuses, spelled once.
 pub(crate) const ENDED: &str = "('ENDED_SUCCESSFULLY', 'ENDED_WITH_FAILURE')";
@@ -121,7 +121,7 @@ impl Statements {
                 "INSERT INTO {t} AS c ({COLUMNS}) VALUES \
                  ($1, $2, $3, $4, $5, $6, $7, now(), \
                   CASE WHEN $9 IN {ENDED} THEN coalesce($8, now()) END, \
-                  $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+                  $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
                  ON CONFLICT (command_id) DO UPDATE SET \
                    command_type = EXCLUDED.command_type, \
                    root_command_id = EXCLUDED.root_command_id, \
@@ -140,7 +140,8 @@ impl Statements {
                    failure_reason = EXCLUDED.failure_reason, \
                    job_id = EXCLUDED.job_id, \
                    step_id = EXCLUDED.step_id, \
-                   owner_host = EXCLUDED.owner_host"
+                   owner_host = EXCLUDED.owner_host, \
+                   owner_epoch = EXCLUDED.owner_epoch"
             ),
             get: format!("SELECT {COLUMNS} FROM {t} WHERE command_id = $1"),
             get_status: format!("SELECT status FROM {t} WHERE command_id = $1"),
@@ -222,7 +223,7 @@ impl Statements {
                    WHERE host_id = $26 AND state = 'alive' AND cardinality($1::uuid[]) > 0 \
                    FOR SHARE \
                  ), ins AS ( \
-                   INSERT INTO {t} ({COLUMNS}, owner_epoch) \
+                   INSERT INTO {t} ({COLUMNS}) \
                    SELECT u.id, u.ty, u.root, u.parent, u.params, u.class, u.created, now(), \
                           CASE WHEN u.status IN {ENDED} THEN now() END, u.status, u.cb, \
                           u.notified, u.executed, u.rv, u.rv_class, u.reason, u.job, u.step, \
@@ -644,6 +645,7 @@ impl CommandStore for PgStore {
                     &e.job_id,
                     &e.step_id,
                     &e.owner.map(|h| *h.as_uuid()),
+                    &e.owner_epoch,
                 ],
             )
             .await
@@ -1227,6 +1229,7 @@ pub(crate) fn entity_from_row(row: &Row) -> Result<CommandEntity, BadRow> {
             job_id: col(row, 16)?,
             step_id: col(row, 17)?,
             owner: col::<Uuid>(row, 18)?.map(HostId::from_uuid),
+            owner_epoch: col::<i32>(row, 19)?.unwrap_or(0),
         })
     };
     read().map_err(bad)

@@ -72,7 +72,9 @@ impl Fleet {
             .expect("open the host log");
         writeln!(log, "===== {name} =====").unwrap();
         let err = log.try_clone().unwrap();
-        let child = Command::new(&self.binary)
+        let mut cmd = Command::new(&self.binary);
+        support::processes::die_with_parent(&mut cmd);
+        let child = cmd
             .args(["--database-url", &self.url, "--schema", &self.schema])
             .args(["--hierarchies", &self.hierarchies.to_string()])
             .args(["--children", &CHILDREN.to_string()])
@@ -248,6 +250,14 @@ impl Fleet {
             .await
             .unwrap()
             .get(0)
+    }
+}
+
+impl Drop for Proc {
+    /// A test that fails half-way leaves no host running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

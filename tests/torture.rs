@@ -90,8 +90,9 @@ impl Host<'_> {
             .expect("open the host log");
         writeln!(log, "===== {run} =====").unwrap();
         let err = log.try_clone().unwrap();
-        Command::new(self.binary)
-            .args(["--database-url", self.url, "--schema", self.schema])
+        let mut cmd = Command::new(self.binary);
+        support::processes::die_with_parent(&mut cmd);
+        cmd.args(["--database-url", self.url, "--schema", self.schema])
             .args(["--hierarchies", &self.mode.hierarchies.to_string()])
             .args(["--children", &self.mode.children.to_string()])
             .args(["--seed", &self.seed.to_string()])

@@ -304,7 +304,8 @@ impl Coordinator {
             Some(e) if e.status.is_ended() => Ok(Outcome::from_entity(e)),
             // This host owns it and does not run it: its row could not be
             // rebuilt (see the logs); waiting would be forever.
-            Some(e) if e.owner == Some(self.shared.fence.host()) => {
+            // (Not one placed here and not claimed yet: epoch 0.)
+            Some(e) if e.owner == Some(self.shared.fence.host()) && e.owner_epoch > 0 => {
                 Err(CoordinatorError::NotRunning(id))
             }
             Some(_) => {
@@ -1032,6 +1033,8 @@ impl Handler<CheckHosts> for CoordinatorActor {
                     shared
                         .stopped
                         .store(true, std::sync::atomic::Ordering::Release);
+                    // Its waiters learn that it stopped.
+                    self.waiters.clear();
                     if let Some(mut thread) = shared
                         .heartbeat_thread
                         .lock()

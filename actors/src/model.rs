@@ -310,8 +310,12 @@ pub struct CommandEntity {
     /// `step_id`, kept from oVirt for hosts that track steps of a job.
     pub step_id: Option<Uuid>,
     /// `owner_host`: the host that runs the command (read from the row; a
-    /// new command belongs to the host whose writer inserts it).
+    /// new command belongs to the host whose writer inserts it, or to the
+    /// host it was placed on).
     pub owner: Option<crate::hosts::HostId>,
+    /// `owner_epoch`: how many times its hierarchy changed hands; 0 while
+    /// it is offered to the host it was placed on and not claimed yet.
+    pub owner_epoch: i32,
 }
 
 impl CommandEntity {
@@ -338,6 +342,7 @@ impl CommandEntity {
             job_id: None,
             step_id: None,
             owner: None,
+            owner_epoch: 0,
         }
     }
 

@@ -68,3 +68,32 @@ pub fn process_cpu_time() -> Duration {
     let ticks = if ticks > 0 { ticks as u64 } else { 100 };
     Duration::from_secs_f64((utime + stime) as f64 / ticks as f64)
 }
+
+/// Makes the process `cmd` starts die with the thread that starts it
+/// (`PR_SET_PDEATHSIG`): a test that fails or is killed leaves no host
+/// running against a database that is gone.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: runs in the forked child before exec; prctl and getppid are
+    // plain syscalls, and the error is built from a raw OS code (no
+    // allocation).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
