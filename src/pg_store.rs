@@ -94,6 +94,13 @@ impl Statements {
         // (170 ms for 128 rows) instead of looking each row up by its key.
         let owned_by = |n: u8| format!("(c.owner_host = ${n} OR u.id IS NULL)");
         let (owned_by_26, owned_by_10) = (owned_by(26), owned_by(10));
+        // The row by (hierarchy, id): the distribution column of a sharded
+        // deployment is the hierarchy (docs/scaling.md), and a statement
+        // that names it can be routed. A row written by a tool may have no
+        // root (it is its own), and an update without one (`u.root` NULL)
+        // matches by id alone.
+        let in_hierarchy = "(u.root IS NULL OR c.root_command_id = u.root \
+                             OR (c.root_command_id IS NULL AND c.command_id = u.root))";
         // Roots of hierarchies that cleanup may take for cutoff $1: a hierarchy
         // goes only as a whole, and only when its root and every row under it
         // ended before the cutoff. A NULL or unknown status counts as not
@@ -239,11 +246,12 @@ impl Statements {
                  ), upd AS ( \
                    {update} \
                    FROM unnest($17::uuid[], $18::text[], $19::bool[], $20::bool[], \
-                               $21::text[], $22::text[], $23::text[], $24::text[], $25::text[]) \
+                               $21::text[], $22::text[], $23::text[], $24::text[], $25::text[], \
+                               $28::uuid[]) \
                      AS u(id, status, executed, notified, params, params_class, rv, rv_class, \
-                          reason) \
-                   WHERE c.command_id = u.id AND c.callback_notified IS NOT TRUE \
-                     AND {owned_by_26} \
+                          reason, root) \
+                   WHERE c.command_id = u.id AND {in_hierarchy} \
+                     AND c.callback_notified IS NOT TRUE AND {owned_by_26} \
                    RETURNING c.command_id \
                  ) \
                  SELECT (SELECT count(*) FROM h), \
@@ -256,10 +264,11 @@ impl Statements {
             end_update: format!(
                 "{update} \
                  FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::bool[], $5::text[], \
-                             $6::text[], $7::text[], $8::text[], $9::text[]) \
-                   AS u(id, status, executed, notified, params, params_class, rv, rv_class, reason) \
-                 WHERE c.command_id = u.id AND c.callback_notified IS NOT TRUE \
-                   AND {owned_by_10}"
+                             $6::text[], $7::text[], $8::text[], $9::text[], $11::uuid[]) \
+                   AS u(id, status, executed, notified, params, params_class, rv, rv_class, \
+                        reason, root) \
+                 WHERE c.command_id = u.id AND {in_hierarchy} \
+                   AND c.callback_notified IS NOT TRUE AND {owned_by_10}"
             ),
             owner_of: format!(
                 "SELECT command_id, owner_host, callback_notified FROM {t} \
@@ -505,13 +514,14 @@ impl PgStore {
         }
         let client = self.client(op, first).await?;
         let stmt = client.prepare_cached(&self.sql.apply).await.map_err(pg)?;
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::with_capacity(27);
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::with_capacity(28);
         let insert_params = inserts.params();
         let update_params = updates.params();
         params.extend(insert_params);
         params.extend(update_params);
         params.push(host.as_uuid());
         params.push(&inserts.placed);
+        params.push(updates.roots());
         let row = client.query_one(&stmt, &params).await.map_err(pg)?;
         let alive = row.get::<_, i64>(0) > 0;
         let missed: Vec<Uuid> = row.get(1);
@@ -533,7 +543,13 @@ impl PgStore {
                 .map_err(pg)?;
             for row in rows {
                 let owner: Option<Uuid> = row.get(1);
+                let notified: Option<bool> = row.get(2);
                 if owner != Some(*host.as_uuid()) {
+                    applied.fenced.push(CommandId::from_uuid(row.get(0)));
+                } else if notified != Some(true) {
+                    // Owned here, not ended, and still not updated: the
+                    // command must not carry on as if it had been.
+                    tracing::error!(command_id = %CommandId::from_uuid(row.get(0)), "an update matched no row although this host owns it and it has not ended; the command stops");
                     applied.fenced.push(CommandId::from_uuid(row.get(0)));
                 }
             }
@@ -1137,6 +1153,7 @@ pub(crate) struct UpdateColumns<'a> {
     rv: Vec<Option<&'a str>>,
     rv_class: Vec<Option<&'a str>>,
     reason: Vec<Option<&'a str>>,
+    root: Vec<Option<Uuid>>,
 }
 
 impl<'a> UpdateColumns<'a> {
@@ -1152,6 +1169,13 @@ impl<'a> UpdateColumns<'a> {
         self.rv.push(rv);
         self.rv_class.push(rv_class);
         self.reason.push(u.failure_reason.as_deref());
+        self.root.push(u.root.map(Uuid::from));
+    }
+
+    /// The hierarchies of the updates (their own parameter, after the
+    /// others).
+    pub(crate) fn roots(&self) -> &(dyn tokio_postgres::types::ToSql + Sync) {
+        &self.root
     }
 
     pub(crate) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 9] {

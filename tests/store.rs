@@ -511,3 +511,68 @@ async fn expired_counts_what_cleanup_would_remove_without_removing_it() {
     );
     assert_eq!(db.store.remove_before(cutoff).await.unwrap(), expired.rows);
 }
+
+/// A writer batch is fenced by ownership and finds each row by (hierarchy,
+/// id): an update applies only to a row this host owns, in the hierarchy it
+/// names; any other is answered as refused, never silently skipped.
+#[actix::test]
+async fn writer_batches_apply_only_to_owned_rows_of_the_named_hierarchy() {
+    use command_coordinator::actors::{CommandUpdate, Transition};
+    let db = fresh_db().await;
+    let me = support::join_host(&db).await;
+    let other = support::join_host(&db).await;
+    let root = command(1);
+    let child = child_of(&root);
+    let theirs = command(1);
+    let insert = |e: &CommandEntity| Transition::Insert(Box::new(e.clone()));
+    let applied = db.store.apply(me, &[insert(&root), insert(&child)]).await.unwrap();
+    assert!(applied.fenced.is_empty(), "{applied:?}");
+    db.store.apply(other, &[insert(&theirs)]).await.unwrap();
+    assert_eq!(db.store.get(child.id).await.unwrap().unwrap().owner, Some(me));
+
+    let active = |id: CommandId, root: Option<CommandId>| {
+        let mut u = CommandUpdate::new(id);
+        u.status = Some(CommandStatus::Active);
+        u.root = root;
+        Transition::Update(u)
+    };
+    let applied = db
+        .store
+        .apply(
+            me,
+            &[
+                // Its own row, in its hierarchy: applied.
+                active(child.id, Some(root.id)),
+                // Its own row, named in another hierarchy: refused.
+                active(root.id, Some(theirs.id)),
+                // Another host's row: refused.
+                active(theirs.id, Some(theirs.id)),
+            ],
+        )
+        .await
+        .unwrap();
+    let mut fenced = applied.fenced.clone();
+    fenced.sort();
+    let mut expected = vec![root.id, theirs.id];
+    expected.sort();
+    assert_eq!(fenced, expected);
+    let status = |id| {
+        let store = db.store.clone();
+        async move { store.get(id).await.unwrap().unwrap().status }
+    };
+    assert_eq!(status(child.id).await, CommandStatus::Active);
+    assert_eq!(status(root.id).await, CommandStatus::NotStarted);
+    assert_eq!(status(theirs.id).await, CommandStatus::NotStarted);
+
+    // A host that is not alive inserts nothing.
+    db.sql(&format!(
+        "UPDATE {}.command_hosts SET state = 'dead' WHERE host_id = '{}'",
+        db.config.schema().quoted(),
+        other
+    ))
+    .await;
+    let late = command(1);
+    let applied = db.store.apply(other, &[insert(&late)]).await.unwrap();
+    assert_eq!(applied.fenced, vec![late.id]);
+    assert!(db.store.get(late.id).await.unwrap().is_none());
+}

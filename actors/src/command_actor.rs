@@ -263,6 +263,7 @@ impl<C: Command> CommandActor<C> {
                 if encode_parameters {
                     update.parameters = self.command.as_ref().and_then(encode);
                 }
+                update.root = Some(self.life.row().root_id);
                 let fut = async move { tx.commit(update).await };
                 ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
                     let result = result.map_err(|e| EndCommitError {
@@ -331,6 +332,7 @@ impl<C: Command> CommandActor<C> {
         if encode_parameters {
             update.parameters = self.command.as_ref().and_then(encode);
         }
+        update.root = Some(self.life.row().root_id);
         let on_commit = if ends { self.end_notice(&update) } else { None };
         let tells_parent = on_commit.is_some();
         let writer = self.coordinator.writer();

@@ -1388,8 +1388,9 @@ impl CoordinatorActor {
     fn spawn(&mut self, entity: Box<CommandEntity>, start: StartKind) {
         let setup = ActorSetup::new(start, entity.status, self.timers.clone());
         let (id, parent_id, command_type) = (entity.id, entity.parent_id, entity.command_type);
+        let root = entity.root();
         if let Err(reason) = self.spawn_with(entity, setup) {
-            self.end_unstartable(id, parent_id, command_type, reason);
+            self.end_unstartable(id, parent_id, root, command_type, reason);
         }
     }
 
@@ -1399,11 +1400,13 @@ impl CoordinatorActor {
         &mut self,
         id: CommandId,
         parent_id: Option<CommandId>,
+        root: CommandId,
         command_type: i32,
         reason: String,
     ) {
         let reason = format!("cannot be started: {reason}");
         let mut update = crate::store::CommandUpdate::new(id);
+        update.root = Some(root);
         update.status = Some(CommandStatus::EndedWithFailure);
         update.notified = Some(true);
         update.failure_reason = Some(reason.clone());

@@ -249,6 +249,11 @@ pub struct CommandUpdate {
     pub parameters: Option<JsonPayload>,
     pub return_value: Option<JsonPayload>,
     pub failure_reason: Option<String>,
+    /// The command's hierarchy (`coalesce(root_command_id, command_id)`),
+    /// set where the update leaves the actor: the store finds the row by
+    /// (hierarchy, id), so that a sharded deployment can route every update
+    /// to the shard of its hierarchy (docs/scaling.md). `None`: by id alone.
+    pub root: Option<CommandId>,
 }
 
 impl CommandUpdate {
@@ -268,6 +273,7 @@ impl CommandUpdate {
         self.parameters = later.parameters.or(self.parameters.take());
         self.return_value = later.return_value.or(self.return_value.take());
         self.failure_reason = later.failure_reason.or(self.failure_reason.take());
+        self.root = later.root.or(self.root);
     }
 }
 
