@@ -387,7 +387,7 @@ async fn serve(
     embedded: &mut Option<EmbeddedPostgres>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     // The address first: one in use is reported before a database is
-    // started or a coordinator takes its host lock, and once it is bound the
+    // started or a coordinator joins the hosts of the schema, and once it is bound the
     // URL announced below answers.
     let listener = std::net::TcpListener::bind(&args.bind)
         .map_err(|e| format!("cannot listen on {}: {e}", args.bind))?;

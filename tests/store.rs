@@ -525,10 +525,17 @@ async fn writer_batches_apply_only_to_owned_rows_of_the_named_hierarchy() {
     let child = child_of(&root);
     let theirs = command(1);
     let insert = |e: &CommandEntity| Transition::Insert(Box::new(e.clone()));
-    let applied = db.store.apply(me, &[insert(&root), insert(&child)]).await.unwrap();
+    let applied = db
+        .store
+        .apply(me, &[insert(&root), insert(&child)])
+        .await
+        .unwrap();
     assert!(applied.fenced.is_empty(), "{applied:?}");
     db.store.apply(other, &[insert(&theirs)]).await.unwrap();
-    assert_eq!(db.store.get(child.id).await.unwrap().unwrap().owner, Some(me));
+    assert_eq!(
+        db.store.get(child.id).await.unwrap().unwrap().owner,
+        Some(me)
+    );
 
     let active = |id: CommandId, root: Option<CommandId>| {
         let mut u = CommandUpdate::new(id);

@@ -4,7 +4,7 @@
 //! like every other error.
 //!
 //! The example runs against a throwaway PostgreSQL of its own (no
-//! `DATABASE_URL`), so that its host lock on schema `public` meets no other test.
+//! `DATABASE_URL`), so that its commands in schema `public` meet no other test's.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -920,7 +920,7 @@ impl World {
             }
             E::Crash => self.crash(),
             E::LockLost if self.may_act => {
-                self.trace.push("HOST LOCK LOST".into());
+                self.trace.push("RIGHT TO ACT LOST".into());
                 self.may_act = false;
             }
             _ => return self.progress(),
@@ -934,7 +934,7 @@ impl World {
         if !self.may_act && self.op.is_none() {
             // The lock is held again: a new epoch rebuilds every command
             // from the database, as after a crash.
-            self.trace.push("HOST LOCK HELD AGAIN".into());
+            self.trace.push("ACTING AGAIN".into());
             self.may_act = true;
             self.crash();
         } else if self.op.is_some() {
@@ -1019,7 +1019,7 @@ fn run_case(seed: u64, coverage: &mut Coverage) {
     coverage.cancelled += u64::from(world.row.failure_reason.as_deref() == Some(CANCELLED));
     coverage.children += u64::from(!world.children.is_empty());
     coverage.serial_skips += u64::from(saw("not run: an earlier child"));
-    coverage.fenced += u64::from(saw("HOST LOCK LOST"));
+    coverage.fenced += u64::from(saw("RIGHT TO ACT LOST"));
     world.check(world.finished == 1, "Finished more than once");
     world.check(
         world.row.status.is_ended() && world.row.notified,
