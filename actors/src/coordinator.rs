@@ -1135,7 +1135,12 @@ impl Handler<CheckHosts> for CoordinatorActor {
                         let mine = shared.heartbeat.live.load(std::sync::atomic::Ordering::Relaxed);
                         *shared.live_hosts.lock().expect("never poisoned") = hosts
                             .iter()
-                            .filter(|h| h.state == crate::hosts::HostState::Alive)
+                            // Alive and heartbeating: a host that died and
+                            // is not declared yet would only sit on the work.
+                            .filter(|h| {
+                                h.state == crate::hosts::HostState::Alive
+                                    && (h.id == me || h.heartbeat_age < lease)
+                            })
                             .map(|h| (h.id, if h.id == me { mine } else { h.live_commands }))
                             .collect();
                     }
