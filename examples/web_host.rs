@@ -19,6 +19,11 @@
 //! curl -s localhost:8080/commands/5b0c…
 //! {"id":"5b0c…","type":"RemoveSnapshot","status":"ACTIVE",…,"children":[{…"type":"Merge"…}]}
 //!
+//! # list commands: the same filters as Coordinator::list, newest first,
+//! # a page at a time (pass the "next" it answers as after=)
+//! curl -s 'localhost:8080/commands?status=ACTIVE,FAILED&type=401&limit=20'
+//! {"rows":[{"id":…,"status":"ACTIVE",…}],"bad_rows":[],"next":"1764…123.5b0c…"}
+//!
 //! # cancel it and its unfinished merges
 //! curl -s -X POST localhost:8080/commands/5b0c…/cancel
 //! {"requested":4}                                                  # 202; 200 {"already_ended":…}; 404
@@ -71,9 +76,9 @@ use chrono::{DateTime, Utc};
 use clap::Parser;
 use command_coordinator::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use command_coordinator::{
-    CancelOutcome, Command, CommandContext, CommandEntity, CommandError, CommandId, CommandStore,
-    Coordinator, CoordinatorError, DatabaseConfig, InterruptedExecute, PgStore, PollOutcome,
-    error_chain,
+    CancelOutcome, Command, CommandContext, CommandEntity, CommandError, CommandId, CommandStatus,
+    CommandStore, Coordinator, CoordinatorError, Cursor, DatabaseConfig, InterruptedExecute,
+    ListFilter, PgStore, PollOutcome, error_chain,
 };
 use command_coordinator_dashboard::Dashboard;
 use serde::{Deserialize, Serialize};
@@ -265,6 +270,91 @@ async fn submit(coordinator: web::Data<Coordinator>, body: web::Json<Submit>) ->
     }
 }
 
+/// `GET /commands`'s query: `Coordinator::list`'s filters.
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    /// Comma-separated statuses, any case.
+    status: Option<String>,
+    #[serde(rename = "type")]
+    command_type: Option<i32>,
+    root: Option<String>,
+    created_after: Option<DateTime<Utc>>,
+    created_before: Option<DateTime<Utc>>,
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+/// A query string that does not parse: answered as JSON like every other
+/// error.
+fn bad_query(
+    err: actix_web::error::QueryPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    let response = error(
+        StatusCode::BAD_REQUEST,
+        format!("bad query: {}", error_chain(&err)),
+    );
+    actix_web::error::InternalError::from_response(err, response).into()
+}
+
+#[get("/commands")]
+async fn list_commands(
+    coordinator: web::Data<Coordinator>,
+    query: web::Query<ListQuery>,
+) -> HttpResponse {
+    let query = query.into_inner();
+    let mut filter = ListFilter {
+        command_type: query.command_type,
+        created_after: query.created_after,
+        created_before: query.created_before,
+        ..ListFilter::default()
+    };
+    if let Some(limit) = query.limit {
+        filter.limit = limit;
+    }
+    for status in query.status.iter().flat_map(|s| s.split(',')) {
+        match status.trim().to_uppercase().parse::<CommandStatus>() {
+            Ok(status) => filter.statuses.push(status),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        }
+    }
+    if let Some(root) = &query.root {
+        let Ok(root) = root.parse::<CommandId>() else {
+            return bad_id(root);
+        };
+        filter.root = Some(root);
+    }
+    if let Some(after) = &query.after {
+        match after.parse::<Cursor>() {
+            Ok(after) => filter.after = Some(after),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        }
+    }
+    match coordinator.list(&filter).await {
+        Ok(page) => HttpResponse::Ok().json(json!({
+            "rows": page.rows.iter().map(|r| json!({
+                "id": r.id,
+                "command_type": r.command_type,
+                "type": r.parameters.class().rsplit("::").next(),
+                "status": r.status,
+                "parent_id": r.parent_id,
+                "root_id": r.root_id,
+                "created_at": r.created_at,
+                "ended_at": r.ended_at,
+                "failure_reason": r.failure_reason,
+                "owner_host": r.owner,
+            })).collect::<Vec<_>>(),
+            "bad_rows": page.bad_rows.iter().map(|b| json!({
+                "id": b.command_id,
+                "reason": b.reason,
+            })).collect::<Vec<_>>(),
+            "next": page.next.map(|c| c.to_string()),
+        })),
+        Err(CoordinatorError::InvalidFilter(why)) => error(StatusCode::BAD_REQUEST, why),
+        Err(e) => coordinator_error(e),
+    }
+}
+
 #[get("/commands/{id}")]
 async fn show(store: web::Data<PgStore>, id: web::Path<String>) -> HttpResponse {
     let Ok(id) = id.parse::<CommandId>() else {
@@ -428,12 +518,15 @@ async fn serve(
     let data_coordinator = web::Data::new(coordinator.clone());
     let data_store = web::Data::new(store);
     let json_config = web::JsonConfig::default().error_handler(bad_json);
+    let query_config = web::QueryConfig::default().error_handler(bad_query);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data_coordinator.clone())
             .app_data(data_store.clone())
             .app_data(json_config.clone())
+            .app_data(query_config.clone())
             .service(submit)
+            .service(list_commands)
             .service(show)
             .service(cancel)
             .service(dashboard.scope())

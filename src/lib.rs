@@ -39,9 +39,10 @@ pub use command_coordinator_actors as actors;
 pub use command_coordinator_actors::{
     BadRow, CancelOutcome, ChildExecution, ChildView, CleanupConfig, Command, CommandContext,
     CommandEntity, CommandError, CommandId, CommandStatus, CommandStore, Coordinator,
-    CoordinatorBuilder, CoordinatorError, Expired, HostId, HostRecord, HostState,
-    InterruptedExecute, JsonPayload, LoadedRows, OnDeclaredDead, OnRootEnd, Outcome, Placement,
-    PollOutcome, RemovedBatch, RuntimeConfig, StartError, StoreError, StoreErrorKind, StoreOp,
+    CoordinatorBuilder, CoordinatorError, Cursor, Expired, HostId, HostRecord, HostState,
+    InterruptedExecute, JsonPayload, ListFilter, LoadedRows, OnDeclaredDead, OnRootEnd, Outcome,
+    Page, Placement, PollOutcome, RemovedBatch, RuntimeConfig, StartError, StoreError,
+    StoreErrorKind, StoreOp,
 };
 pub use config::{ConfigError, DatabaseConfig, SchemaName};
 pub use migrate::{MigrationReport, migrate};

@@ -42,6 +42,7 @@ pub(crate) struct HostStatements {
     prune: String,
     claim: String,
     ended: String,
+    commands: String,
 }
 
 impl HostStatements {
@@ -150,6 +151,21 @@ impl HostStatements {
                 "UPDATE {t} SET owner_epoch = 1 \
                  WHERE owner_host = $1 AND owner_epoch = 0 AND callback_notified IS NOT TRUE \
                  RETURNING coalesce(root_command_id, command_id)"
+            ),
+            // A page of the command list, newest first, by the V5 index
+            // (created_at, command_id); rows without created_at are left
+            // out (keys cannot order them).
+            commands: format!(
+                "SELECT {COLUMNS} FROM {t} \
+                 WHERE created_at IS NOT NULL \
+                   AND ($1::text[] IS NULL OR status = ANY($1)) \
+                   AND ($2::int4 IS NULL OR command_type = $2) \
+                   AND ($3::uuid IS NULL OR command_id = $3 OR root_command_id = $3) \
+                   AND ($4::timestamptz IS NULL OR created_at >= $4) \
+                   AND ($5::timestamptz IS NULL OR created_at < $5) \
+                   AND ($6::timestamptz IS NULL OR (created_at, command_id) < ($6, $7::uuid)) \
+                 ORDER BY created_at DESC, command_id DESC \
+                 LIMIT $8"
             ),
             ended: format!(
                 "SELECT {COLUMNS} FROM {t} WHERE command_id = ANY($1) AND status IN {ENDED}"
@@ -377,6 +393,51 @@ impl PgStore {
             children,
             cancel_requested,
         })
+    }
+
+    pub(crate) async fn list_page(
+        &self,
+        filter: &command_coordinator_actors::ListFilter,
+    ) -> Result<command_coordinator_actors::Page, StoreError> {
+        use command_coordinator_actors::{Cursor, Page};
+        let statuses: Option<Vec<&str>> = (!filter.statuses.is_empty())
+            .then(|| filter.statuses.iter().map(|s| s.as_str()).collect());
+        let root = filter.root.map(Uuid::from);
+        let after_at = filter.after.map(|c| c.created_at);
+        let after_id = filter.after.map(|c| Uuid::from(c.id));
+        // One more than asked: whether there is a next page.
+        let limit = i64::from(filter.limit) + 1;
+        let rows = self
+            .query(
+                StoreOp::Get,
+                None,
+                &self.sql.hosts.commands,
+                &[
+                    &statuses,
+                    &filter.command_type,
+                    &root,
+                    &filter.created_after,
+                    &filter.created_before,
+                    &after_at,
+                    &after_id,
+                    &limit,
+                ],
+            )
+            .await?;
+        let more = rows.len() > filter.limit as usize;
+        let mut page = Page::default();
+        let mut last = None;
+        for row in rows.iter().take(filter.limit as usize) {
+            let created_at: chrono::DateTime<chrono::Utc> = row.get(6);
+            let id = CommandId::from_uuid(row.get(0));
+            last = Some(Cursor { created_at, id });
+            match crate::pg_store::entity_from_row(row) {
+                Ok(entity) => page.rows.push(entity),
+                Err(bad) => page.bad_rows.push(bad),
+            }
+        }
+        page.next = if more { last } else { None };
+        Ok(page)
     }
 
     pub(crate) async fn ended_rows(

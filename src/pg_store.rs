@@ -957,6 +957,13 @@ impl CommandStore for PgStore {
         Box::pin(self.load_owned_rows(host, roots))
     }
 
+    fn list<'a>(
+        &'a self,
+        filter: &'a command_coordinator_actors::ListFilter,
+    ) -> StoreFuture<'a, command_coordinator_actors::Page> {
+        Box::pin(self.list_page(filter))
+    }
+
     fn ended<'a>(&'a self, ids: &'a [CommandId]) -> StoreFuture<'a, Vec<CommandEntity>> {
         Box::pin(self.ended_rows(ids))
     }

@@ -112,13 +112,28 @@ fn an_unreachable_database_is_one_line() {
 
 /// One request over HTTP/1.1 with `Connection: close`: (status, content type, body).
 fn request(addr: &str, content_type: &str, body: &str) -> (u16, String, String) {
+    http(addr, "POST", "/commands", content_type, body)
+}
+
+/// `GET path`: status, content type, body.
+fn get(addr: &str, path: &str) -> (u16, String, String) {
+    http(addr, "GET", path, "text/plain", "")
+}
+
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     write!(
         stream,
-        "POST /commands HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
@@ -201,5 +216,36 @@ fn it_announces_a_url_that_answers_and_errors_are_json() {
     assert_eq!(status, 202, "{body}");
     let accepted: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(accepted["id"].is_string(), "{body}");
+
+    // The list, with Coordinator::list's filters.
+    let (status, content_type, body) = get(
+        &addr,
+        "/commands?type=401&status=not_started,active&limit=5",
+    );
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/json"),
+        "{body}"
+    );
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let rows = page["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{body}");
+    assert_eq!(rows[0]["id"], accepted["id"], "{body}");
+    assert!(page["next"].is_null(), "{body}");
+    // Filters that cannot be used: JSON errors that say why.
+    for (path, why) in [
+        ("/commands?status=RUNNING", "unknown command status"),
+        ("/commands?limit=0", "limit"),
+        ("/commands?limit=lots", "bad query"),
+        ("/commands?after=yesterday", "page cursor"),
+    ] {
+        let (status, content_type, body) = get(&addr, path);
+        assert_eq!(
+            (status, content_type.as_str()),
+            (400, "application/json"),
+            "{path}: {body}"
+        );
+        assert!(body.contains(why), "{path}: {body}");
+    }
     drop(running);
 }

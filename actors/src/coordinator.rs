@@ -64,6 +64,9 @@ pub enum CoordinatorError {
     /// No command has this id.
     #[error("command {0} does not exist")]
     NotFound(CommandId),
+    /// A [`crate::ListFilter`] that cannot be used (the message says why).
+    #[error("invalid filter: {0}")]
+    InvalidFilter(String),
     /// The command exists, has not ended, and belongs to this host, which
     /// does not run it: its row could not be rebuilt (see the logs for its
     /// id; `command-coordinator fail` ends such rows).
@@ -328,6 +331,17 @@ impl Coordinator {
             Some(live) => Ok(Some(live.status)),
             None => Ok(self.shared.store.get_status(id).await?),
         }
+    }
+
+    /// One page of commands matching `filter`, newest first, read from the
+    /// store (no actor is loaded; commands of every host are listed). See
+    /// [`crate::query`] for paging.
+    pub async fn list(
+        &self,
+        filter: &crate::query::ListFilter,
+    ) -> Result<crate::query::Page, CoordinatorError> {
+        filter.validate().map_err(CoordinatorError::InvalidFilter)?;
+        Ok(self.shared.store.list(filter).await?)
     }
 
     /// The command's row, from the store. A live command's row there is

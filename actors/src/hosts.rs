@@ -19,7 +19,10 @@ use crate::model::{CommandEntity, CommandId};
 use crate::store::LoadedRows;
 
 /// The identity of one run of one host process.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct HostId(Uuid);
 
 impl HostId {

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod model;
 mod panic;
 mod poll_timers;
+pub mod query;
 mod registry;
 pub mod store;
 pub mod writer;
@@ -40,6 +41,7 @@ pub use config::{CleanupConfig, OnDeclaredDead, OnRootEnd, Placement, RuntimeCon
 pub use coordinator::{Coordinator, CoordinatorBuilder, CoordinatorError, Outcome, StartError};
 pub use hosts::{HostId, HostInfo, HostRecord, HostState, OwnedRows};
 pub use model::{CommandEntity, CommandId, CommandStatus, JsonPayload, UnknownStatus};
+pub use query::{Cursor, ListFilter, Page};
 pub use store::{
     Applied, BadRow, BoxError, CancelOutcome, CommandStore, CommandUpdate, EndTransaction, Expired,
     LoadedRows, LocalStoreFuture, Notice, RemovedBatch, StoreError, StoreErrorKind, StoreFuture,

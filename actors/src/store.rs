@@ -474,6 +474,22 @@ pub trait CommandStore: Send + Sync + 'static {
         roots: Option<&'a [CommandId]>,
     ) -> StoreFuture<'a, OwnedRows>;
 
+    /// One page of rows matching `filter`, newest first (see
+    /// [`crate::query`]). Stores that cannot list answer with an error (the
+    /// default).
+    fn list<'a>(
+        &'a self,
+        _filter: &'a crate::query::ListFilter,
+    ) -> StoreFuture<'a, crate::query::Page> {
+        Box::pin(async {
+            Err(StoreError::new(
+                StoreOp::Get,
+                None,
+                StoreErrorKind::Database("this store cannot list commands".into()),
+            ))
+        })
+    }
+
     /// Those of `ids` that have ended (for waiters whose command runs on
     /// another host).
     fn ended<'a>(&'a self, ids: &'a [CommandId]) -> StoreFuture<'a, Vec<CommandEntity>>;
