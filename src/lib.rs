@@ -32,6 +32,7 @@ mod pg_hosts;
 mod pg_notify;
 pub mod pg_store;
 pub mod pg_transaction;
+pub mod submit_in;
 #[cfg(feature = "tls")]
 pub mod tls;
 
@@ -41,13 +42,14 @@ pub use command_coordinator_actors::{
     CommandEntity, CommandError, CommandId, CommandStatus, CommandStore, Coordinator,
     CoordinatorBuilder, CoordinatorError, Cursor, Expired, HostId, HostRecord, HostState,
     InterruptedExecute, JsonPayload, ListFilter, LoadedRows, OnDeclaredDead, OnRootEnd, Outcome,
-    Page, Placement, PollOutcome, RemovedBatch, RuntimeConfig, StartError, StoreError,
-    StoreErrorKind, StoreOp,
+    Page, Placement, PollOutcome, RemovedBatch, RetryPolicy, RuntimeConfig, StartError, StoreError,
+    StoreErrorKind, StoreOp, SubmitOptions, Submitted,
 };
 pub use config::{ConfigError, DatabaseConfig, SchemaName};
 pub use migrate::{MigrationReport, migrate};
 pub use pg_store::{PgStore, error_chain};
 pub use pg_transaction::PgTransaction;
+pub use submit_in::SubmitInTransaction;
 
 /// The pool and driver crates this library is built on, re-exported so that a
 /// host names the same versions (`command_coordinator::deadpool_postgres::Pool`).

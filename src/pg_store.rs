@@ -16,16 +16,31 @@ use crate::config::SchemaName;
 use crate::pg_transaction::PgTransaction;
 use command_coordinator_actors::{
     Applied, BadRow, CancelOutcome, CommandEntity, CommandId, CommandStatus, CommandStore,
-    CommandUpdate, EndTransaction, Expired, HostId, HostInfo, HostRecord, HostState, JsonPayload,
-    LoadedRows, LocalStoreFuture, OwnedRows, RemovedBatch, StoreError, StoreErrorKind, StoreFuture,
-    StoreOp, Transition,
+    CommandUpdate, EndTransaction, Expired, HostId, HostInfo, HostRecord, HostState, Inserted,
+    JsonPayload, LoadedRows, LocalStoreFuture, OwnedRows, RemovedBatch, StoreError, StoreErrorKind,
+    StoreFuture, StoreOp, Transition,
 };
 
 /// The columns every entity query selects, in the order [`entity_from_row`] reads.
 pub(crate) const COLUMNS: &str = "command_id, command_type, root_command_id, parent_command_id, \
     command_parameters, command_params_class, created_at, updated_at, ended_at, status, \
     callback_enabled, callback_notified, executed, return_value, return_value_class, \
+    failure_reason, job_id, step_id, owner_host, owner_epoch, idempotency_key, not_before, \
+    failed_attempts, last_error";
+
+/// The columns the writer's batched insert fills: the first 20 of
+/// [`COLUMNS`]. A plain submit has no key, no delay and no attempts yet, so
+/// the hot path sends no arrays for them (the defaults hold).
+const INSERT_COLUMNS: &str = "command_id, command_type, root_command_id, parent_command_id, \
+    command_parameters, command_params_class, created_at, updated_at, ended_at, status, \
+    callback_enabled, callback_notified, executed, return_value, return_value_class, \
     failure_reason, job_id, step_id, owner_host, owner_epoch";
+
+/// The columns a single submit with options fills ([`Statements`]'s
+/// `insert_one` and `submit_in`).
+const SUBMIT_COLUMNS: &str = "command_id, command_type, root_command_id, command_parameters, \
+    command_params_class, created_at, updated_at, status, callback_enabled, callback_notified, \
+    executed, job_id, step_id, owner_host, owner_epoch, idempotency_key, not_before";
 
 /// The `status IN (...)` list of ended statuses, spelled once.
 pub(crate) const ENDED: &str = "('ENDED_SUCCESSFULLY', 'ENDED_WITH_FAILURE')";
@@ -62,6 +77,9 @@ pub(crate) struct Statements {
     children_of_unfinished: String,
     children: String,
     apply: String,
+    insert_one: String,
+    pub(crate) submit_in: String,
+    pub(crate) submitted_as: String,
     pub(crate) end_update: String,
     pub(crate) owner_of: String,
     pub(crate) hosts: crate::pg_hosts::HostStatements,
@@ -83,6 +101,9 @@ impl Statements {
                return_value = coalesce(u.rv, c.return_value), \
                return_value_class = coalesce(u.rv_class, c.return_value_class), \
                failure_reason = coalesce(u.reason, c.failure_reason), \
+               failed_attempts = coalesce(u.attempts, c.failed_attempts), \
+               last_error = coalesce(u.last_error, c.last_error), \
+               not_before = coalesce(u.not_before, c.not_before), \
                updated_at = now(), \
                ended_at = CASE WHEN coalesce(u.status, c.status) IN {ENDED} \
                    THEN coalesce(c.ended_at, now()) END"
@@ -128,7 +149,7 @@ impl Statements {
                 "INSERT INTO {t} AS c ({COLUMNS}) VALUES \
                  ($1, $2, $3, $4, $5, $6, $7, now(), \
                   CASE WHEN $9 IN {ENDED} THEN coalesce($8, now()) END, \
-                  $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+                  $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
                  ON CONFLICT (command_id) DO UPDATE SET \
                    command_type = EXCLUDED.command_type, \
                    root_command_id = EXCLUDED.root_command_id, \
@@ -148,7 +169,11 @@ impl Statements {
                    job_id = EXCLUDED.job_id, \
                    step_id = EXCLUDED.step_id, \
                    owner_host = EXCLUDED.owner_host, \
-                   owner_epoch = EXCLUDED.owner_epoch"
+                   owner_epoch = EXCLUDED.owner_epoch, \
+                   idempotency_key = EXCLUDED.idempotency_key, \
+                   not_before = EXCLUDED.not_before, \
+                   failed_attempts = EXCLUDED.failed_attempts, \
+                   last_error = EXCLUDED.last_error"
             ),
             get: format!("SELECT {COLUMNS} FROM {t} WHERE command_id = $1"),
             get_status: format!("SELECT status FROM {t} WHERE command_id = $1"),
@@ -230,7 +255,7 @@ impl Statements {
                    WHERE host_id = $26 AND state = 'alive' AND cardinality($1::uuid[]) > 0 \
                    FOR SHARE \
                  ), ins AS ( \
-                   INSERT INTO {t} ({COLUMNS}) \
+                   INSERT INTO {t} ({INSERT_COLUMNS}) \
                    SELECT u.id, u.ty, u.root, u.parent, u.params, u.class, u.created, now(), \
                           CASE WHEN u.status IN {ENDED} THEN now() END, u.status, u.cb, \
                           u.notified, u.executed, u.rv, u.rv_class, u.reason, u.job, u.step, \
@@ -247,9 +272,9 @@ impl Statements {
                    {update} \
                    FROM unnest($17::uuid[], $18::text[], $19::bool[], $20::bool[], \
                                $21::text[], $22::text[], $23::text[], $24::text[], $25::text[], \
-                               $28::uuid[]) \
+                               $28::uuid[], $29::int4[], $30::text[], $31::timestamptz[]) \
                      AS u(id, status, executed, notified, params, params_class, rv, rv_class, \
-                          reason, root) \
+                          reason, root, attempts, last_error, not_before) \
                    WHERE c.command_id = u.id AND {in_hierarchy} \
                      AND c.callback_notified IS NOT TRUE AND {owned_by_26} \
                    RETURNING c.command_id \
@@ -258,15 +283,59 @@ impl Statements {
                         ARRAY(SELECT x.id FROM unnest($17::uuid[]) AS x(id) \
                               WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.command_id = x.id))"
             ),
+            // One new root command with a key or a later start
+            // (`Coordinator::submit_with`): fenced like the writer's inserts.
+            // Any conflict inserts nothing: the same id (an earlier try of
+            // this insert whose reply was lost) or the same (type, key);
+            // `submitted_as` then says which, in a statement of its own (this
+            // one's snapshot cannot see a row committed while it waited on
+            // the key's index entry).
+            insert_one: format!(
+                "WITH h AS ( \
+                   SELECT 1 FROM {hosts} WHERE host_id = $12 AND state = 'alive' FOR SHARE \
+                 ), ins AS ( \
+                   INSERT INTO {t} ({SUBMIT_COLUMNS}) \
+                   SELECT $1, $2, $3, $4, $5, $6, now(), 'NOT_STARTED', true, false, false, \
+                          $7, $8, coalesce($9::uuid, $12::uuid), \
+                          CASE WHEN $9::uuid IS NULL THEN 1 ELSE 0 END, $10, $11 \
+                   WHERE EXISTS (SELECT 1 FROM h) \
+                   ON CONFLICT DO NOTHING \
+                   RETURNING 1 \
+                 ) \
+                 SELECT (SELECT count(*) FROM h), (SELECT count(*) FROM ins)"
+            ),
+            // The same insert in the host's own transaction
+            // (`SubmitInTransaction`): offered to its owner (epoch 0), which
+            // claims it once it is committed; the notice goes out with the
+            // commit, and never on a rollback. Not fenced here: a lock on
+            // the host's registry row would be held for the whole of the
+            // host's transaction and stall the heartbeat. Offered rows of a
+            // host that is not alive are adopted like the rest of its work.
+            submit_in: format!(
+                "WITH ins AS ( \
+                   INSERT INTO {t} ({SUBMIT_COLUMNS}) \
+                   VALUES ($1, $2, $3, $4, $5, $6, now(), 'NOT_STARTED', true, false, false, \
+                           $7, $8, $9, 0, $10, $11) \
+                   ON CONFLICT DO NOTHING \
+                   RETURNING 1 \
+                 ), n AS (SELECT pg_notify($12, $13) FROM ins) \
+                 SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM n)"
+            ),
+            submitted_as: format!(
+                "SELECT command_id FROM {t} \
+                 WHERE command_id = $1 OR (command_type = $2 AND idempotency_key = $3) \
+                 ORDER BY command_id = $1 DESC LIMIT 1"
+            ),
             // The end transaction's update of its command: fenced like the
             // writer's; 0 rows changed means ended already, or owned by
             // another host (`owner_of` tells which).
             end_update: format!(
                 "{update} \
                  FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::bool[], $5::text[], \
-                             $6::text[], $7::text[], $8::text[], $9::text[], $11::uuid[]) \
+                             $6::text[], $7::text[], $8::text[], $9::text[], $11::uuid[], \
+                             $12::int4[], $13::text[], $14::timestamptz[]) \
                    AS u(id, status, executed, notified, params, params_class, rv, rv_class, \
-                        reason, root) \
+                        reason, root, attempts, last_error, not_before) \
                  WHERE c.command_id = u.id AND {in_hierarchy} \
                    AND c.callback_notified IS NOT TRUE AND {owned_by_10}"
             ),
@@ -514,7 +583,7 @@ impl PgStore {
         }
         let client = self.client(op, first).await?;
         let stmt = client.prepare_cached(&self.sql.apply).await.map_err(pg)?;
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::with_capacity(28);
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::with_capacity(31);
         let insert_params = inserts.params();
         let update_params = updates.params();
         params.extend(insert_params);
@@ -522,6 +591,7 @@ impl PgStore {
         params.push(host.as_uuid());
         params.push(&inserts.placed);
         params.push(updates.roots());
+        params.extend(updates.retries());
         let row = client.query_one(&stmt, &params).await.map_err(pg)?;
         let alive = row.get::<_, i64>(0) > 0;
         let missed: Vec<Uuid> = row.get(1);
@@ -662,6 +732,10 @@ impl CommandStore for PgStore {
                     &e.step_id,
                     &e.owner.map(|h| *h.as_uuid()),
                     &e.owner_epoch,
+                    &e.idempotency_key,
+                    &e.not_before,
+                    &e.failed_attempts,
+                    &e.last_error,
                 ],
             )
             .await
@@ -853,6 +927,78 @@ impl CommandStore for PgStore {
             };
             self.bounded(StoreOp::Apply, id, self.apply_batch(host, batch))
                 .await
+        })
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
+    fn insert_one<'a>(
+        &'a self,
+        host: HostId,
+        entity: &'a CommandEntity,
+    ) -> StoreFuture<'a, Inserted> {
+        Box::pin(async move {
+            let op = StoreOp::Submit;
+            let id = entity.id;
+            let e = entity;
+            let placed = e.owner.map(|h| *h.as_uuid());
+            let row = self
+                .query(
+                    op,
+                    Some(id),
+                    &self.sql.insert_one,
+                    &[
+                        e.id.as_uuid(),
+                        &e.command_type,
+                        &e.root_id.map(Uuid::from),
+                        &e.parameters.json(),
+                        &e.parameters.class(),
+                        &e.created_at,
+                        &e.job_id,
+                        &e.step_id,
+                        &placed,
+                        &e.idempotency_key,
+                        &e.not_before,
+                        host.as_uuid(),
+                    ],
+                )
+                .await?;
+            let row = row.first().ok_or_else(|| {
+                StoreError::new(op, Some(id), StoreErrorKind::Database("no answer".into()))
+            })?;
+            if row.get::<_, i64>(0) == 0 {
+                return Err(StoreError::new(
+                    op,
+                    Some(id),
+                    StoreErrorKind::Fenced(format!("host {host} is not alive")),
+                ));
+            }
+            if row.get::<_, i64>(1) == 1 {
+                return Ok(Inserted::New);
+            }
+            let rows = self
+                .query(
+                    op,
+                    Some(id),
+                    &self.sql.submitted_as,
+                    &[e.id.as_uuid(), &e.command_type, &e.idempotency_key],
+                )
+                .await?;
+            match rows.first().map(|r| CommandId::from_uuid(r.get(0))) {
+                Some(found) if found == id => Ok(Inserted::New),
+                Some(found) => Ok(Inserted::Existing(found)),
+                // The conflicting row was removed in between (cleanup of an
+                // ended hierarchy frees its key): the caller tries again.
+                None => Err(StoreError::new(
+                    op,
+                    Some(id),
+                    StoreErrorKind::Unavailable(
+                        "the command holding this key was removed meanwhile".into(),
+                    ),
+                )),
+            }
         })
     }
 
@@ -1161,6 +1307,9 @@ pub(crate) struct UpdateColumns<'a> {
     rv_class: Vec<Option<&'a str>>,
     reason: Vec<Option<&'a str>>,
     root: Vec<Option<Uuid>>,
+    attempts: Vec<Option<i32>>,
+    last_error: Vec<Option<&'a str>>,
+    not_before: Vec<Option<DateTime<Utc>>>,
 }
 
 impl<'a> UpdateColumns<'a> {
@@ -1177,6 +1326,16 @@ impl<'a> UpdateColumns<'a> {
         self.rv_class.push(rv_class);
         self.reason.push(u.failure_reason.as_deref());
         self.root.push(u.root.map(Uuid::from));
+        let retry = u.retry.as_deref();
+        self.attempts.push(retry.map(|r| r.failed_attempts));
+        self.last_error
+            .push(retry.and_then(|r| r.last_error.as_deref()));
+        self.not_before.push(retry.and_then(|r| r.not_before));
+    }
+
+    /// The retry columns (their own parameters, after the roots).
+    pub(crate) fn retries(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 3] {
+        [&self.attempts, &self.last_error, &self.not_before]
     }
 
     /// The hierarchies of the updates (their own parameter, after the
@@ -1261,6 +1420,10 @@ pub(crate) fn entity_from_row(row: &Row) -> Result<CommandEntity, BadRow> {
             step_id: col(row, 17)?,
             owner: col::<Uuid>(row, 18)?.map(HostId::from_uuid),
             owner_epoch: col::<i32>(row, 19)?.unwrap_or(0),
+            idempotency_key: col(row, 20)?,
+            not_before: col(row, 21)?,
+            failed_attempts: col::<i32>(row, 22)?.unwrap_or(0),
+            last_error: col(row, 23)?,
         })
     };
     read().map_err(bad)

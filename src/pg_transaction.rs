@@ -122,6 +122,7 @@ impl EndTransaction for PgTransaction {
             let mut params = columns.params().to_vec();
             params.push(self.host.as_uuid());
             params.push(columns.roots());
+            params.extend(columns.retries());
             let changed = self.client().execute(&stmt, &params).await.map_err(pg)?;
             if changed != 1 {
                 // Ended already (an earlier attempt committed, its reply

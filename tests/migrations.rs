@@ -59,6 +59,11 @@ async fn the_table_has_every_seed_column_with_its_type() {
         // V6: ownership.
         ("owner_host", "uuid", None, "YES"),
         ("owner_epoch", "integer", None, "NO"),
+        // V8: submit options and retries.
+        ("idempotency_key", "text", None, "YES"),
+        ("not_before", "timestamp with time zone", None, "YES"),
+        ("failed_attempts", "integer", None, "NO"),
+        ("last_error", "text", None, "YES"),
         (
             "cancel_requested_at",
             "timestamp with time zone",
@@ -97,6 +102,12 @@ async fn the_table_has_every_seed_column_with_its_type() {
     assert!(def("idx_root_command_id").contains("WHERE (root_command_id IS NOT NULL)"));
     assert!(def("idx_parent_command_id").contains("(parent_command_id)"));
     assert!(def("idx_command_entities_owned").contains("(owner_host, created_at)"));
+    let idempotency = def("idx_command_entities_idempotency");
+    assert!(idempotency.contains("UNIQUE"), "{idempotency}");
+    assert!(
+        idempotency.contains("(command_type, idempotency_key) WHERE (idempotency_key IS NOT NULL)"),
+        "{idempotency}"
+    );
 }
 
 #[actix::test]

@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 
 use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::model::{CommandId, CommandStatus, JsonPayload};
+use crate::retry::RetryPolicy;
 use crate::store::EndTransaction;
 
 /// A persisted, long-running command.
@@ -68,14 +69,44 @@ pub trait Command: Serialize + DeserializeOwned + Unpin + 'static {
     /// commands whose `execute` is idempotent).
     const ON_INTERRUPTED_EXECUTE: InterruptedExecute = InterruptedExecute::Fail;
 
+    /// How transient errors ([`CommandError::transient`]) of `execute` and
+    /// `poll` are retried: [`RetryPolicy::NONE`] by default (a transient
+    /// error fails the command like any other). The count of failures in a
+    /// row and the last error are persisted, so a restart continues the
+    /// count. A retried `execute` runs again from the parameters as
+    /// `execute` left them: it must be safe to call again after it returned
+    /// a transient error.
+    ///
+    /// ```
+    /// # use command_coordinator_actors::*;
+    /// # use std::time::Duration;
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Fetch;
+    /// impl Command for Fetch {
+    ///     const COMMAND_TYPE: i32 = 7;
+    ///     const RETRY: RetryPolicy = RetryPolicy::exponential(5)
+    ///         .initial_backoff(Duration::from_millis(500))
+    ///         .max_backoff(Duration::from_secs(60));
+    ///     type Output = ();
+    ///     async fn execute(&mut self, _: &CommandContext) -> Result<(), CommandError> {
+    ///         // A refused connection is worth another try; a 404 is not.
+    ///         Err(CommandError::transient("connection refused"))
+    ///     }
+    ///     async fn poll(&mut self, _: &CommandContext) -> Result<PollOutcome<()>, CommandError> {
+    ///         Ok(PollOutcome::Succeeded(()))
+    ///     }
+    /// }
+    /// ```
+    const RETRY: RetryPolicy = RetryPolicy::NONE;
+
     /// The command's result, persisted as `return_value` and readable by its
     /// parent, also after a restart.
     type Output: Serialize + DeserializeOwned + 'static;
 
     /// The command's own action. It may submit child commands through
     /// [`CommandContext::submit_child`]. An error (or a panic) fails the command
-    /// with `EXECUTION_FAILED`; `execute` is never run twice unless the type
-    /// opts in with [`InterruptedExecute::Rerun`].
+    /// with `EXECUTION_FAILED`, unless it is [transient](CommandError::transient)
+    /// and [`Command::RETRY`] allows another try; an interrupted `execute` is
+    /// never run twice unless the type opts in with [`InterruptedExecute::Rerun`].
     fn execute(&mut self, ctx: &CommandContext) -> impl Future<Output = Result<(), CommandError>>;
 
     /// Called once `execute` has completed and `executed = true` is committed.
@@ -89,6 +120,8 @@ pub trait Command: Serialize + DeserializeOwned + Unpin + 'static {
     /// has *ended* and none failed (the runtime answers for the children: a
     /// failed child fails the parent without calling this). An error or a
     /// panic that persists fails the command; it is never re-invoked forever.
+    /// A [transient](CommandError::transient) error is retried as
+    /// [`Command::RETRY`] says.
     fn poll(
         &mut self,
         ctx: &CommandContext,
@@ -165,22 +198,58 @@ pub enum InterruptedExecute {
 
 /// An error from user code: its message is recorded as the failure reason.
 ///
-/// Any `std::error::Error` converts into it, so `?` works in command code.
-/// (Like `anyhow::Error`, it deliberately does not implement `Error` itself,
-/// which is what makes that blanket conversion possible.)
+/// Permanent unless made [transient](CommandError::transient): a permanent
+/// error of `execute` or `poll` fails the command at once; a transient one
+/// is tried again as the type's [`Command::RETRY`] policy says.
+///
+/// Any `std::error::Error` converts into it (as a permanent error), so `?`
+/// works in command code. (Like `anyhow::Error`, it deliberately does not
+/// implement `Error` itself, which is what makes that blanket conversion
+/// possible.)
+///
+/// ```
+/// use command_coordinator_actors::CommandError;
+/// let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+/// let error = CommandError::from(refused).into_transient();
+/// assert!(error.is_transient());
+/// assert!(!CommandError::new("no such disk").is_transient());
+/// ```
 pub struct CommandError {
     message: String,
+    transient: bool,
 }
 
 impl CommandError {
+    /// A permanent error: the command fails with this message.
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
+            transient: false,
         }
+    }
+
+    /// A transient error: the step may succeed if tried again (a timeout, a
+    /// refused connection, a busy service). Retried per [`Command::RETRY`].
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: true,
+        }
+    }
+
+    /// The same error, marked transient.
+    pub fn into_transient(mut self) -> Self {
+        self.transient = true;
+        self
     }
 
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// True for [`CommandError::transient`] errors.
+    pub fn is_transient(&self) -> bool {
+        self.transient
     }
 }
 
@@ -198,7 +267,11 @@ impl fmt::Display for CommandError {
 
 impl fmt::Debug for CommandError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CommandError({:?})", self.message)
+        if self.transient {
+            write!(f, "CommandError(transient: {:?})", self.message)
+        } else {
+            write!(f, "CommandError({:?})", self.message)
+        }
     }
 }
 

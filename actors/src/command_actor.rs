@@ -217,6 +217,7 @@ impl<C: Command> CommandActor<C> {
                 .and_then(Command::life_time)
                 .unwrap_or(config.life_time),
             may_act: self.coordinator.may_act(),
+            retry: C::RETRY,
         };
         let mut effects = Vec::new();
         self.life.handle(input, &env, &mut effects);
@@ -465,7 +466,7 @@ impl<C: Command> CommandActor<C> {
                         Outcome::Succeeded(JsonPayload::encode(&output).map_err(|e| e.to_string()))
                     }
                     Ok(Ok(PollOutcome::Failed(reason))) => Outcome::Failed(reason),
-                    Ok(Err(e)) => Outcome::Err(e.to_string()),
+                    Ok(Err(e)) => error_outcome(e),
                     Err(panic) => Outcome::Panicked(panic),
                 },
                 Call::End { .. } => match &output {
@@ -605,10 +606,19 @@ impl<C: Command> CommandActor<C> {
     }
 }
 
+/// An error of command code, transient or not, as the lifecycle takes it.
+fn error_outcome(error: CommandError) -> Outcome {
+    if error.is_transient() {
+        Outcome::Transient(error.to_string())
+    } else {
+        Outcome::Err(error.to_string())
+    }
+}
+
 fn ok_or_err(result: Result<Result<(), CommandError>, String>) -> Outcome {
     match result {
         Ok(Ok(())) => Outcome::Ok,
-        Ok(Err(e)) => Outcome::Err(e.to_string()),
+        Ok(Err(e)) => error_outcome(e),
         Err(panic) => Outcome::Panicked(panic),
     }
 }

@@ -39,7 +39,8 @@ use crate::messages::{ChildCompleted, Finished, Inspect};
 use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
 use crate::poll_timers::PollTimers;
 use crate::registry::Registry;
-use crate::store::{BadRow, CancelOutcome, CommandStore, Notice, StoreError, Transition};
+use crate::store::{BadRow, CancelOutcome, CommandStore, Inserted, Notice, StoreError, Transition};
+use crate::submit::{SubmitOptions, Submitted};
 use crate::writer::{OnCommit, StoreWriter};
 
 /// Why a coordinator call failed.
@@ -64,6 +65,9 @@ pub enum CoordinatorError {
     /// No command has this id.
     #[error("command {0} does not exist")]
     NotFound(CommandId),
+    /// [`crate::SubmitOptions`] that cannot be used (the message says why).
+    #[error("invalid submit options: {0}")]
+    InvalidOptions(String),
     /// A [`crate::ListFilter`] that cannot be used (the message says why).
     #[error("invalid filter: {0}")]
     InvalidFilter(String),
@@ -201,6 +205,11 @@ struct Shared {
 /// the rows at the next start.
 pub const SHUTDOWN_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The first pause before [`Coordinator::submit_with`] tries its insert
+/// again; it doubles up to [`MAX_SUBMIT_RETRY_PAUSE`].
+const SUBMIT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+const MAX_SUBMIT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The handle hosts use: submit, execute, wait for and look up commands.
 ///
 /// ```no_run
@@ -273,6 +282,151 @@ impl Coordinator {
         self.submit_with_parent(command, None).await
     }
 
+    /// Submits `command` with an idempotency key and/or a later start (see
+    /// [`SubmitOptions`]); returns once its row is committed (or once the
+    /// command already holding the key is found).
+    ///
+    /// Unlike [`Coordinator::submit`], whose rows the writer batches, this
+    /// inserts the row on its own (one statement, one commit): the key's
+    /// conflict must be answered to this caller. A transient failure (the
+    /// database away, the reply lost) is retried with the same command id
+    /// for up to the writer's `submit_wait`, so a retry never makes a
+    /// second command, and the caller may retry too: with a key, a second
+    /// submit returns the first command's id.
+    ///
+    /// ```no_run
+    /// # use command_coordinator_actors::*;
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct SendInvoice { order: u64 }
+    /// # impl Command for SendInvoice { const COMMAND_TYPE: i32 = 40; type Output = ();
+    /// #   async fn execute(&mut self, _: &CommandContext) -> Result<(), CommandError> { Ok(()) }
+    /// #   async fn poll(&mut self, _: &CommandContext) -> Result<PollOutcome<()>, CommandError> { Ok(PollOutcome::Succeeded(())) } }
+    /// # async fn demo(coordinator: Coordinator) -> Result<(), CoordinatorError> {
+    /// let options = SubmitOptions::new()
+    ///     .key("invoice-for-order-42")
+    ///     .delay(std::time::Duration::from_secs(3600));
+    /// let first = coordinator.submit_with(SendInvoice { order: 42 }, options.clone()).await?;
+    /// let again = coordinator.submit_with(SendInvoice { order: 42 }, options).await?;
+    /// assert_eq!(again.id, first.id);
+    /// assert!(again.duplicate);
+    /// # Ok(()) }
+    /// ```
+    pub async fn submit_with<C: Command>(
+        &self,
+        command: C,
+        options: SubmitOptions,
+    ) -> Result<Submitted, CoordinatorError> {
+        self.submit_one(command, &options, None).await
+    }
+
+    /// Submits `command` to start at `at` (see [`SubmitOptions::not_before`]).
+    pub async fn submit_at<C: Command>(
+        &self,
+        at: chrono::DateTime<chrono::Utc>,
+        command: C,
+    ) -> Result<CommandId, CoordinatorError> {
+        let options = SubmitOptions::new().not_before(at);
+        Ok(self.submit_one(command, &options, None).await?.id)
+    }
+
+    /// [`Coordinator::submit_with`], then waits until the command ended:
+    /// the new one, or the one that already held the key.
+    pub async fn execute_with<C: Command>(
+        &self,
+        command: C,
+        options: SubmitOptions,
+    ) -> Result<Outcome<C::Output>, CoordinatorError> {
+        let (tx, rx) = oneshot::channel();
+        let submitted = self.submit_one(command, &options, Some(tx)).await?;
+        if submitted.duplicate {
+            return self.wait_for(submitted.id).await?.decode();
+        }
+        rx.await.map_err(|_| CoordinatorError::Stopped)?.decode()
+    }
+
+    /// The row of a new root command that a host inserts itself, in its
+    /// own transaction (`command_coordinator::SubmitInTransaction` does
+    /// this for PostgreSQL): `command` validated and encoded as for
+    /// [`Coordinator::submit`], with `options`, owned by the host it goes
+    /// to (this one, or the one placement picked) and *offered* (epoch 0).
+    /// No host runs it before it is committed: once it is, the owner
+    /// claims it at its next host check, or as soon as it hears the notice
+    /// the inserting transaction sends with its commit.
+    pub fn prepare_offered<C: Command>(
+        &self,
+        command: C,
+        options: &SubmitOptions,
+    ) -> Result<CommandEntity, CoordinatorError> {
+        options
+            .validate()
+            .map_err(CoordinatorError::InvalidOptions)?;
+        let (mut entity, _) = self.prepare(command, None)?;
+        options.apply_to(&mut entity);
+        entity.owner = Some(entity.owner.unwrap_or_else(|| self.shared.fence.host()));
+        entity.owner_epoch = 0;
+        Ok(*entity)
+    }
+
+    /// The store this coordinator runs on, for extensions that need its
+    /// concrete type (see [`CommandStore::as_any`]).
+    pub fn store_as<S: 'static>(&self) -> Option<&S> {
+        self.shared.store.as_any()?.downcast_ref::<S>()
+    }
+
+    /// Inserts one command with options (see [`Coordinator::submit_with`])
+    /// and starts it here, unless it was placed on another host.
+    async fn submit_one<C: Command>(
+        &self,
+        command: C,
+        options: &SubmitOptions,
+        waiter: Option<oneshot::Sender<Outcome>>,
+    ) -> Result<Submitted, CoordinatorError> {
+        options
+            .validate()
+            .map_err(CoordinatorError::InvalidOptions)?;
+        let (mut entity, _) = self.prepare(command, None)?;
+        options.apply_to(&mut entity);
+        let id = entity.id;
+        let deadline = std::time::Instant::now() + self.shared.config.writer.submit_wait;
+        let mut pause = SUBMIT_RETRY_PAUSE;
+        loop {
+            let host = self.shared.fence.host();
+            match self.shared.store.insert_one(host, &entity).await {
+                Ok(Inserted::New) => {
+                    debug!(command_id = %id, r#type = entity.command_type, key = ?entity.idempotency_key,
+                        not_before = ?entity.not_before, "command persisted NOT_STARTED");
+                    self.shared.addr.do_send(Spawn {
+                        entity,
+                        parked: false,
+                        waiter,
+                    });
+                    return Ok(Submitted {
+                        id,
+                        duplicate: false,
+                    });
+                }
+                Ok(Inserted::Existing(existing)) => {
+                    debug!(command_id = %existing, key = ?entity.idempotency_key, "idempotency key taken: the existing command is answered");
+                    return Ok(Submitted {
+                        id: existing,
+                        duplicate: true,
+                    });
+                }
+                // The database away or the reply lost, or this host not
+                // alive for a moment (rejoining): the same insert again,
+                // same id, until the submit wait is spent.
+                Err(e)
+                    if (e.is_transient() || e.is_fenced())
+                        && std::time::Instant::now() + pause < deadline =>
+                {
+                    warn!(command_id = %id, error = %e, retry_in = ?pause, "submit not persisted yet; retrying");
+                    actix::clock::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_SUBMIT_RETRY_PAUSE);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Submits `command` and waits until it ended (the seed's
     /// `executeAsyncCommand`).
     pub async fn execute<C: Command>(
@@ -309,7 +463,23 @@ impl Coordinator {
             // rebuilt (see the logs); waiting would be forever.
             // (Not one placed here and not claimed yet: epoch 0.)
             Some(e) if e.owner == Some(self.shared.fence.host()) && e.owner_epoch > 0 => {
-                Err(CoordinatorError::NotRunning(id))
+                // Claimed or adopted a moment ago, its actor not built yet?
+                // The rebuild follows the claim within a host check.
+                actix::clock::sleep(self.shared.config.host_check_interval).await;
+                let (tx, rx) = oneshot::channel();
+                let registered = self
+                    .shared
+                    .addr
+                    .send(Wait { id, tx })
+                    .await
+                    .map_err(|_| CoordinatorError::Stopped)?;
+                if registered {
+                    return rx.await.map_err(|_| CoordinatorError::Stopped);
+                }
+                match self.shared.store.get(id).await? {
+                    Some(e) if e.status.is_ended() => Ok(Outcome::from_entity(e)),
+                    _ => Err(CoordinatorError::NotRunning(id)),
+                }
             }
             Some(_) => {
                 // Runs on another host (or waits to be adopted): its end

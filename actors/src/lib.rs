@@ -28,7 +28,9 @@ mod panic;
 mod poll_timers;
 pub mod query;
 mod registry;
+pub mod retry;
 pub mod store;
+pub mod submit;
 pub mod writer;
 
 pub use writer::WriterConfig;
@@ -42,8 +44,10 @@ pub use coordinator::{Coordinator, CoordinatorBuilder, CoordinatorError, Outcome
 pub use hosts::{HostId, HostInfo, HostRecord, HostState, OwnedRows};
 pub use model::{CommandEntity, CommandId, CommandStatus, JsonPayload, UnknownStatus};
 pub use query::{Cursor, ListFilter, Page};
+pub use retry::RetryPolicy;
 pub use store::{
     Applied, BadRow, BoxError, CancelOutcome, CommandStore, CommandUpdate, EndTransaction, Expired,
-    LoadedRows, LocalStoreFuture, Notice, RemovedBatch, StoreError, StoreErrorKind, StoreFuture,
-    StoreOp, Transition,
+    Inserted, LoadedRows, LocalStoreFuture, Notice, RemovedBatch, RetryUpdate, StoreError,
+    StoreErrorKind, StoreFuture, StoreOp, Transition,
 };
+pub use submit::{SubmitOptions, Submitted};

@@ -316,6 +316,16 @@ pub struct CommandEntity {
     /// `owner_epoch`: how many times its hierarchy changed hands; 0 while
     /// it is offered to the host it was placed on and not claimed yet.
     pub owner_epoch: i32,
+    /// `idempotency_key`: the caller's name for this submission (unique per
+    /// command type while the row exists; see [`crate::SubmitOptions::key`]).
+    pub idempotency_key: Option<String>,
+    /// `not_before`: no step runs before this time (a delayed start, or the
+    /// next attempt after a transient error).
+    pub not_before: Option<DateTime<Utc>>,
+    /// `failed_attempts`: transient failures in a row of the current step.
+    pub failed_attempts: i32,
+    /// `last_error`: the message of the last transient failure.
+    pub last_error: Option<String>,
 }
 
 impl CommandEntity {
@@ -343,6 +353,10 @@ impl CommandEntity {
             step_id: None,
             owner: None,
             owner_epoch: 0,
+            idempotency_key: None,
+            not_before: None,
+            failed_attempts: 0,
+            last_error: None,
         }
     }
 

@@ -78,6 +78,13 @@ impl Registry {
                 std::any::type_name::<C>()
             ));
         }
+        C::RETRY.validate().map_err(|e| {
+            format!(
+                "command type {} ({}): its retry policy: {e}",
+                C::COMMAND_TYPE,
+                std::any::type_name::<C>()
+            )
+        })?;
         self.factories
             .insert(C::COMMAND_TYPE, Arc::new(TypedFactory::<C>(PhantomData)));
         Ok(())

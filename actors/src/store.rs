@@ -52,6 +52,7 @@ pub enum StoreOp {
     Cancel,
     Hosts,
     Adopt,
+    Submit,
 }
 
 impl StoreOp {
@@ -68,6 +69,7 @@ impl StoreOp {
             StoreOp::HasCommandsWithRoot => "has_commands_with_root",
             StoreOp::CommandsWithCallbackEnabled => "commands_with_callback_enabled",
             StoreOp::UpdateStatus => "update_status",
+            StoreOp::Submit => "submit",
             StoreOp::UpdateExecuted => "update_executed",
             StoreOp::UpdateNotified => "update_notified",
             StoreOp::UpdateReturnValue => "update_return_value",
@@ -254,6 +256,21 @@ pub struct CommandUpdate {
     /// (hierarchy, id), so that a sharded deployment can route every update
     /// to the shard of its hierarchy (docs/scaling.md). `None`: by id alone.
     pub root: Option<CommandId>,
+    /// The retry columns, for the rare update that changes them (boxed:
+    /// every queued update carries the pointer, few carry these).
+    pub retry: Option<Box<RetryUpdate>>,
+}
+
+/// The retry columns of a [`CommandUpdate`]: after a transient error of
+/// `execute` or `poll`, or once the step succeeds again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetryUpdate {
+    /// `failed_attempts`: transient failures in a row of the current step.
+    pub failed_attempts: i32,
+    /// `last_error`: the last transient failure's message (`None` leaves it).
+    pub last_error: Option<String>,
+    /// `not_before`: the next step waits until then (`None` leaves it).
+    pub not_before: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl CommandUpdate {
@@ -274,7 +291,24 @@ impl CommandUpdate {
         self.return_value = later.return_value.or(self.return_value.take());
         self.failure_reason = later.failure_reason.or(self.failure_reason.take());
         self.root = later.root.or(self.root);
+        self.retry = match (self.retry.take(), later.retry) {
+            (Some(earlier), Some(mut later)) => {
+                later.last_error = later.last_error.or(earlier.last_error);
+                later.not_before = later.not_before.or(earlier.not_before);
+                Some(later)
+            }
+            (earlier, later) => later.or(earlier),
+        };
     }
+}
+
+/// What [`CommandStore::insert_one`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// The row is in (now, or by an earlier try of the same insert).
+    New,
+    /// Another command of the same type holds the key: this one.
+    Existing(CommandId),
 }
 
 /// A database transaction an end method writes its own rows through
@@ -403,6 +437,26 @@ pub trait CommandStore: Send + Sync + 'static {
     /// is answered per command in [`Applied::fenced`]; everything else of
     /// the batch is applied.
     fn apply<'a>(&'a self, host: HostId, batch: &'a [Transition]) -> StoreFuture<'a, Applied>;
+
+    /// The store as `Any`, for extensions that need its concrete type
+    /// ([`crate::Coordinator::store_as`]); `None` by default.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
+
+    /// Inserts one new command on its own, outside the writer's batches:
+    /// a submit with an idempotency key or a later start
+    /// ([`crate::SubmitOptions`]). Fenced like the inserts of
+    /// [`CommandStore::apply`] (the row is `host`'s, or offered to the host
+    /// in `entity.owner`). A row with the same id (this very insert, whose
+    /// reply was lost and which is being retried) answers
+    /// [`Inserted::New`]; one with the same type and key answers
+    /// [`Inserted::Existing`] with its id.
+    fn insert_one<'a>(
+        &'a self,
+        host: HostId,
+        entity: &'a CommandEntity,
+    ) -> StoreFuture<'a, Inserted>;
 
     /// Opens a transaction for an end method (see [`EndTransaction`]) whose
     /// commit is fenced like [`CommandStore::apply`]. Stores without

@@ -68,6 +68,8 @@ pub(crate) struct Env<'a> {
     /// dead): false, and the command stops acting for good; whichever host
     /// owns it next rebuilds it from its row.
     pub(crate) may_act: bool,
+    /// How the type retries transient errors of `execute` and `poll`.
+    pub(crate) retry: crate::retry::RetryPolicy,
 }
 
 /// The type's choices that change the lifecycle, as plain values.
@@ -151,6 +153,10 @@ pub(crate) enum Outcome {
     Ok,
     /// It returned this error.
     Err(String),
+    /// It returned this transient error ([`crate::CommandError::transient`]):
+    /// `execute` and `poll` are tried again as the type's retry policy says;
+    /// for the other calls it is an error like any other.
+    Transient(String),
     /// It panicked with this message (the panic was caught).
     Panicked(String),
     /// `poll`: not done yet.
@@ -330,6 +336,9 @@ enum Then {
     /// `executed = true` is committed: call `on_executed`. (This write is
     /// not retried: a failure fails the command.)
     OnExecuted,
+    /// The count of failed polls is committed: the next poll comes after
+    /// the retry backoff (or on the usual schedule once the count is 0).
+    PollLater,
 }
 
 /// An end transaction whose COMMIT failed.
@@ -403,6 +412,23 @@ struct Extra {
     undecodable: Option<String>,
     /// The last end attempt's error, while `finalize` runs.
     end_error: Option<String>,
+    /// The committed `not_before` (milliseconds since the epoch): no step
+    /// starts earlier. A delayed start, or the next try of `execute`.
+    not_before_ms: Option<i64>,
+    /// The committed `failed_attempts`: transient failures in a row of the
+    /// current step.
+    failed_attempts: u32,
+}
+
+/// `at` in milliseconds since the epoch, rounded up: a step due at `at`
+/// never starts before it.
+fn ceil_ms(at: DateTime<Utc>) -> i64 {
+    let ms = at.timestamp_millis();
+    if at.timestamp_subsec_nanos().is_multiple_of(1_000_000) {
+        ms
+    } else {
+        ms.saturating_add(1)
+    }
 }
 
 /// One command's lifecycle. See the module documentation.
@@ -449,18 +475,22 @@ impl Lifecycle {
             StartKind::Fresh | StartKind::Rehydrated => None,
         };
         let has_outcome = row.return_value.is_some() || row.failure_reason.is_some();
-        let extra = (skip.is_some() || !children.is_empty() || has_outcome).then(|| {
-            let mut extra = Box::new(Extra {
-                skip,
-                return_value: row.return_value.clone(),
-                failure_reason: row.failure_reason.clone(),
-                ..Extra::default()
+        let retrying = row.not_before.is_some() || row.failed_attempts > 0;
+        let extra =
+            (skip.is_some() || !children.is_empty() || has_outcome || retrying).then(|| {
+                let mut extra = Box::new(Extra {
+                    skip,
+                    return_value: row.return_value.clone(),
+                    failure_reason: row.failure_reason.clone(),
+                    not_before_ms: row.not_before.map(ceil_ms),
+                    failed_attempts: u32::try_from(row.failed_attempts).unwrap_or(0),
+                    ..Extra::default()
+                });
+                for child in children {
+                    children::merge(&mut extra.children, row.id, child);
+                }
+                extra
             });
-            for child in children {
-                children::merge(&mut extra.children, row.id, child);
-            }
-            extra
-        });
         Self {
             row: LiveRow::of(row),
             phase: Phase::Created,
@@ -621,7 +651,12 @@ impl Lifecycle {
                     && generation == u32::from(self.poll_generation)
                 {
                     self.phase = Phase::Idle;
-                    self.evaluate(env, &mut fx);
+                    if self.row.status == CommandStatus::NotStarted {
+                        // A delayed start (or the next try of execute) is due.
+                        self.advance(env, &mut fx, false);
+                    } else {
+                        self.evaluate(env, &mut fx);
+                    }
                 }
             }
             Input::TimerFired(timer) => self.timer_fired(timer, &mut fx),
@@ -681,6 +716,10 @@ impl Lifecycle {
                         false,
                         Then::Advance,
                     );
+                } else if let Some(wait) = self.not_yet(env) {
+                    // Delayed: one entry in the shared poll timers, like any
+                    // idle command's next poll.
+                    self.schedule_at(wait, fx);
                 } else {
                     let mut update = CommandUpdate::new(id);
                     update.status = Some(CommandStatus::Active);
@@ -785,10 +824,14 @@ impl Lifecycle {
             return;
         }
         let id = self.id();
-        let age_ms = env
-            .now
-            .timestamp_millis()
-            .saturating_sub(self.row.created_ms);
+        // The life time runs from the start: a delayed command's (or a
+        // retried execute's) clock starts at its `not_before`.
+        let started_ms = self
+            .extra
+            .as_ref()
+            .and_then(|e| e.not_before_ms)
+            .map_or(self.row.created_ms, |at| at.max(self.row.created_ms));
+        let age_ms = env.now.timestamp_millis().saturating_sub(started_ms);
         let age = Duration::from_millis(u64::try_from(age_ms).unwrap_or_default());
         if age > env.life_time {
             let reason = format!("exceeded its life time of {:?}", env.life_time);
@@ -845,6 +888,53 @@ impl Lifecycle {
         };
         for (id, skip) in children::serial_starts(extra, parent_failed) {
             fx.push(Effect::StartChild { id, skip });
+        }
+    }
+
+    /// How long until the committed `not_before`, when it is in the future.
+    fn not_yet(&self, env: &Env<'_>) -> Option<Duration> {
+        let at = self.extra.as_ref()?.not_before_ms?;
+        let wait = at.saturating_sub(env.now.timestamp_millis());
+        u64::try_from(wait)
+            .ok()
+            .filter(|w| *w > 0)
+            .map(Duration::from_millis)
+    }
+
+    /// Transient failures in a row of the current step, as committed.
+    fn failed_attempts(&self) -> u32 {
+        self.extra.as_ref().map_or(0, |e| e.failed_attempts)
+    }
+
+    /// Asks for a [`Input::PollDue`] after exactly `delay` (a delayed
+    /// start, a retry's backoff); replaces any poll asked for before.
+    fn schedule_at(&mut self, delay: Duration, fx: &mut Sink<'_, impl Extend<Effect>>) {
+        self.poll_generation = self.poll_generation.wrapping_add(1);
+        self.phase = Phase::PollArmed;
+        fx.push(Effect::SchedulePoll {
+            generation: u32::from(self.poll_generation),
+            delay,
+        });
+    }
+
+    /// The update that records a transient failure of the current step and,
+    /// when the policy allows another try, when it comes (`None`: the tries
+    /// are used up).
+    fn transient_failure(&self, error: &str, env: &Env<'_>) -> (CommandUpdate, Option<Duration>) {
+        let failed = self.failed_attempts().saturating_add(1);
+        let mut update = CommandUpdate::new(self.id());
+        update.retry = Some(Box::new(crate::store::RetryUpdate {
+            failed_attempts: i32::try_from(failed).unwrap_or(i32::MAX),
+            last_error: Some(updates::storable(error.to_owned())),
+            not_before: None,
+        }));
+        if env.retry.retries_after(failed) {
+            let wait = env.retry.backoff(self.id(), failed);
+            warn!(command_id = %self.id(), error = %error, attempt = failed,
+                max_attempts = env.retry.max_attempts, retry_in = ?wait, "transient error; will try again");
+            (update, Some(wait))
+        } else {
+            (update, None)
         }
     }
 
@@ -942,6 +1032,17 @@ impl Lifecycle {
         match then {
             Then::Advance => self.advance(env, fx, false),
             Then::Execute => self.advance(env, fx, true),
+            Then::PollLater => {
+                let failed = self.failed_attempts();
+                if self.flags.has(Flags::REEVALUATE) {
+                    self.evaluate(env, fx);
+                } else if failed > 0 {
+                    let wait = env.retry.backoff(self.id(), failed);
+                    self.schedule_at(wait, fx);
+                } else {
+                    self.schedule_poll(env, fx);
+                }
+            }
             Then::OnExecuted => {
                 if self.flags.value() == Value::Present {
                     self.phase = Phase::Calling(Step::OnExecuted);
@@ -1029,6 +1130,13 @@ impl Lifecycle {
         if let Some(reason) = update.failure_reason {
             self.extra_mut().failure_reason = Some(reason);
         }
+        if let Some(retry) = update.retry {
+            let extra = self.extra_mut();
+            extra.failed_attempts = u32::try_from(retry.failed_attempts).unwrap_or(0);
+            if let Some(at) = retry.not_before {
+                extra.not_before_ms = Some(ceil_ms(at));
+            }
+        }
     }
 
     fn timer_fired(&mut self, timer: Timer, fx: &mut Sink<'_, impl Extend<Effect>>) {
@@ -1103,13 +1211,39 @@ impl Lifecycle {
                 Outcome::Ok | Outcome::Running | Outcome::Succeeded(_) => {
                     let mut update = CommandUpdate::new(id);
                     update.executed = Some(true);
+                    if self.failed_attempts() > 0 {
+                        // A new step: its failures are counted afresh.
+                        update.retry = Some(Box::default());
+                    }
                     self.write(fx, update, true, Then::OnExecuted);
+                }
+                Outcome::Transient(e) if !self.flags.has(Flags::CANCELLED) => {
+                    let (mut update, retry_in) = self.transient_failure(&e, env);
+                    if let Some(wait) = retry_in {
+                        // Back to NOT_STARTED, due after the backoff: a
+                        // restart meanwhile finds a command that waits to
+                        // start, not one interrupted inside execute.
+                        update.status = Some(CommandStatus::NotStarted);
+                        let at = env.now + wait;
+                        if let Some(retry) = update.retry.as_mut() {
+                            retry.not_before =
+                                Some(DateTime::from_timestamp_millis(ceil_ms(at)).unwrap_or(at));
+                        }
+                    } else {
+                        let tries = update.retry.as_ref().map_or(0, |r| r.failed_attempts);
+                        warn!(command_id = %id, error = %e, tries, "execute failed transiently on every try");
+                        update.status = Some(CommandStatus::ExecutionFailed);
+                        update.failure_reason = Some(updates::runtime_reason(format!(
+                            "execute failed {tries} times in a row (transient errors); last error: {e}"
+                        )));
+                    }
+                    self.write(fx, update, true, Then::Advance);
                 }
                 Outcome::Panicked(panic) => {
                     error!(command_id = %id, panic = %panic, "execute panicked; restarting the command from its row");
                     self.restart_after_panic(format!("execute panicked: {panic}"), env, fx);
                 }
-                Outcome::Err(e) | Outcome::Failed(e) => {
+                Outcome::Err(e) | Outcome::Failed(e) | Outcome::Transient(e) => {
                     warn!(command_id = %id, error = %e, "execute failed");
                     let reason = if self.flags.has(Flags::CANCELLED) {
                         CANCELLED.to_owned()
@@ -1134,7 +1268,10 @@ impl Lifecycle {
                 if self.flags.has(Flags::CANCELLED)
                     && matches!(
                         outcome,
-                        Outcome::Succeeded(_) | Outcome::Failed(_) | Outcome::Err(_)
+                        Outcome::Succeeded(_)
+                            | Outcome::Failed(_)
+                            | Outcome::Err(_)
+                            | Outcome::Transient(_)
                     ) =>
             {
                 // Cancelled while the poll ran: the outcome was not known
@@ -1144,6 +1281,26 @@ impl Lifecycle {
                 self.write(fx, update, true, Then::Advance);
             }
             Step::Poll => match outcome {
+                Outcome::Running | Outcome::Ok if self.failed_attempts() > 0 => {
+                    // The poll works again: its failures are counted afresh.
+                    let mut update = CommandUpdate::new(id);
+                    update.retry = Some(Box::default());
+                    self.write(fx, update, false, Then::PollLater);
+                }
+                Outcome::Transient(e) => {
+                    let (mut update, retry_in) = self.transient_failure(&e, env);
+                    if retry_in.is_some() {
+                        self.write(fx, update, true, Then::PollLater);
+                    } else {
+                        let tries = update.retry.as_ref().map_or(0, |r| r.failed_attempts);
+                        warn!(command_id = %id, error = %e, tries, "poll failed transiently on every try");
+                        update.status = Some(CommandStatus::Failed);
+                        update.failure_reason = Some(updates::runtime_reason(format!(
+                            "poll failed {tries} times in a row (transient errors); last error: {e}"
+                        )));
+                        self.write(fx, update, true, Then::Advance);
+                    }
+                }
                 Outcome::Running | Outcome::Ok => {
                     if self.flags.has(Flags::REEVALUATE) {
                         self.evaluate(env, fx);
@@ -1192,7 +1349,7 @@ impl Lifecycle {
                 self.end_attempts = self.end_attempts.saturating_add(1);
                 let error = match outcome {
                     Outcome::Ok | Outcome::Running | Outcome::Succeeded(_) => None,
-                    Outcome::Err(e) | Outcome::Failed(e) => Some(e),
+                    Outcome::Err(e) | Outcome::Failed(e) | Outcome::Transient(e) => Some(e),
                     Outcome::Panicked(panic) => Some(format!("end method panicked: {panic}")),
                 };
                 match error {
@@ -1274,12 +1431,16 @@ impl Lifecycle {
         let CommandEntity {
             return_value,
             failure_reason,
+            not_before,
+            failed_attempts,
             ..
         } = *row;
         let id = self.id();
         let extra = self.extra_mut();
         extra.return_value = return_value;
         extra.failure_reason = failure_reason;
+        extra.not_before_ms = not_before.map(ceil_ms);
+        extra.failed_attempts = u32::try_from(failed_attempts).unwrap_or(0);
         for child in children {
             children::merge(&mut extra.children, id, child);
         }

@@ -58,6 +58,8 @@ struct Row {
     notified: bool,
     failure_reason: Option<String>,
     return_value: bool,
+    failed_attempts: i32,
+    not_before: Option<DateTime<Utc>>,
 }
 
 struct World {
@@ -96,6 +98,10 @@ struct World {
     commit_refused: bool,
     /// The host holds its lock (false: another host may run the command).
     may_act: bool,
+    /// The type's retry policy (none, or a few tries).
+    retry: crate::retry::RetryPolicy,
+    /// Transient errors `execute` returned: each may be followed by a try.
+    transient_executes: u32,
 }
 
 fn config() -> RuntimeConfig {
@@ -135,6 +141,13 @@ impl World {
             notified: false,
             failure_reason: None,
             return_value: false,
+            failed_attempts: 0,
+            not_before: None,
+        };
+        let retry = if rng.bool() {
+            crate::retry::RetryPolicy::exponential(3)
+        } else {
+            crate::retry::RetryPolicy::NONE
         };
         let mut world = Self {
             seed,
@@ -173,6 +186,8 @@ impl World {
             faults: true,
             commit_refused: false,
             may_act: true,
+            retry,
+            transient_executes: 0,
         };
         if skip {
             world.machine = Lifecycle::new(
@@ -217,6 +232,7 @@ impl World {
             config: &config,
             life_time: self.life_time,
             may_act: self.may_act,
+            retry: self.retry,
         };
         let mut effects = Vec::new();
         let was_finished = self.finished > 0;
@@ -370,8 +386,12 @@ impl World {
                 self.check(!self.cancel_requested, "execute called after a cancel");
                 self.executes += 1;
                 self.check(
-                    self.executes <= 1 || self.rules.rerun,
+                    self.executes <= 1 + self.transient_executes || self.rules.rerun,
                     "execute ran twice for a type that does not opt into re-running",
+                );
+                self.check(
+                    self.row.not_before.is_none_or(|at| self.now >= at),
+                    "execute before its not_before",
                 );
                 self.check(
                     self.row.status == CommandStatus::Active && !self.row.executed,
@@ -442,8 +462,15 @@ impl World {
                 );
             }
             let (from, to) = (rank(self.row.status), rank(status));
+            let retry = self.row.status == CommandStatus::Active
+                && status == CommandStatus::NotStarted
+                && !self.row.executed
+                && update
+                    .retry
+                    .as_ref()
+                    .is_some_and(|r| r.not_before.is_some());
             self.check(
-                to > from || status == self.row.status,
+                to > from || status == self.row.status || retry,
                 &format!("status moved from {} to {status}", self.row.status),
             );
             self.row.status = status;
@@ -453,6 +480,17 @@ impl World {
         }
         if let Some(notified) = update.notified {
             self.row.notified = notified;
+        }
+        if let Some(retry) = &update.retry {
+            let failed = retry.failed_attempts;
+            self.check(
+                failed >= 0 && failed as u32 <= self.retry.max_attempts,
+                "more transient failures in a row than the policy's tries",
+            );
+            self.row.failed_attempts = failed;
+            if retry.not_before.is_some() {
+                self.row.not_before = retry.not_before;
+            }
         }
         if update.failure_reason.is_some() {
             self.row.failure_reason = update.failure_reason.clone();
@@ -649,6 +687,9 @@ impl World {
                     Outcome::Panicked("boom".into())
                 } else if faults && self.rng.u8(..6) == 0 {
                     Outcome::Err("no".into())
+                } else if faults && self.rng.u8(..4) == 0 {
+                    self.transient_executes += 1;
+                    Outcome::Transient("busy".into())
                 } else {
                     Outcome::Ok
                 };
@@ -666,7 +707,8 @@ impl World {
                 } else if !faults {
                     Outcome::Succeeded(Ok(JsonPayload::encode(&1u32).unwrap()))
                 } else {
-                    match self.rng.u8(..10) {
+                    match self.rng.u8(..12) {
+                        10 | 11 => Outcome::Transient("timeout".into()),
                         0..=3 => Outcome::Running,
                         4..=6 => Outcome::Succeeded(Ok(JsonPayload::encode(&1u32).unwrap())),
                         7 => Outcome::Succeeded(Err("NaN".into())),
@@ -964,6 +1006,8 @@ fn entity(id: CommandId, created_at: DateTime<Utc>, row: &Row) -> CommandEntity 
     entity.return_value = row
         .return_value
         .then(|| JsonPayload::encode(&1u32).unwrap());
+    entity.failed_attempts = row.failed_attempts;
+    entity.not_before = row.not_before;
     entity
 }
 
@@ -981,6 +1025,9 @@ struct Coverage {
     children: u64,
     serial_skips: u64,
     fenced: u64,
+    execute_retries: u64,
+    poll_retries: u64,
+    retries_used_up: u64,
 }
 
 /// Runs one case: random steps, then fair scheduling until the command
@@ -1020,6 +1067,16 @@ fn run_case(seed: u64, coverage: &mut Coverage) {
     coverage.children += u64::from(!world.children.is_empty());
     coverage.serial_skips += u64::from(saw("not run: an earlier child"));
     coverage.fenced += u64::from(saw("RIGHT TO ACT LOST"));
+    coverage.execute_retries += u64::from(saw(
+        "status: Some(NotStarted), executed: None, notified: None",
+    ));
+    coverage.poll_retries += u64::from(
+        world
+            .trace
+            .iter()
+            .any(|t| t.contains("Transient(\"timeout\")")),
+    ) * u64::from(world.retry.max_attempts > 1);
+    coverage.retries_used_up += u64::from(saw("times in a row (transient errors)"));
     world.check(world.finished == 1, "Finished more than once");
     world.check(
         world.row.status.is_ended() && world.row.notified,
@@ -1059,6 +1116,9 @@ fn every_interleaving_keeps_the_invariants_and_ends_the_command() {
             children,
             serial_skips,
             fenced,
+            execute_retries,
+            poll_retries,
+            retries_used_up,
         } = coverage;
         for (what, n) in [
             ("steps", steps),
@@ -1074,6 +1134,9 @@ fn every_interleaving_keeps_the_invariants_and_ends_the_command() {
             ("commands with children", children),
             ("serial children skipped", serial_skips),
             ("lease losses", fenced),
+            ("execute retried after a transient error", execute_retries),
+            ("poll retried after a transient error", poll_retries),
+            ("tries used up", retries_used_up),
         ] {
             assert!(n > 0, "no case exercised {what}: {coverage:?}");
         }
