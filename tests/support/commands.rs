@@ -439,3 +439,121 @@ impl Command for WaitsForCancel {
         Ok(PollOutcome::Running)
     }
 }
+
+/// Milliseconds since the epoch, for journal entries that tests time.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A command whose `execute` and `poll` fail transiently a given number of
+/// times before they succeed. `executes` is part of the parameters, which
+/// the runtime stores with every transient failure of `execute`: the count
+/// of tries survives a restart, as the retry policy's count does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Flaky {
+    pub tag: String,
+    pub execute_failures: u32,
+    pub poll_failures: u32,
+    #[serde(default)]
+    pub executes: u32,
+    #[serde(default)]
+    pub polls: u32,
+}
+
+impl Flaky {
+    pub fn new(tag: &str, execute_failures: u32, poll_failures: u32) -> Self {
+        Self {
+            tag: tag.to_owned(),
+            execute_failures,
+            poll_failures,
+            executes: 0,
+            polls: 0,
+        }
+    }
+}
+
+/// [`Flaky`]'s policy: 4 tries of each step, 100 ms then 200 ms, 400 ms.
+pub const FLAKY_RETRY: command_coordinator::RetryPolicy =
+    command_coordinator::RetryPolicy::exponential(4)
+        .initial_backoff(std::time::Duration::from_millis(100))
+        .max_backoff(std::time::Duration::from_millis(400))
+        .without_jitter();
+
+impl Command for Flaky {
+    const COMMAND_TYPE: i32 = 108;
+    const RETRY: command_coordinator::RetryPolicy = FLAKY_RETRY;
+    type Output = u32;
+
+    async fn execute(&mut self, _ctx: &CommandContext) -> Result<(), CommandError> {
+        self.executes += 1;
+        record(&self.tag, format!("execute {} {}", self.executes, now_ms()));
+        if self.executes <= self.execute_failures {
+            return Err(CommandError::transient(format!(
+                "connection refused (try {})",
+                self.executes
+            )));
+        }
+        Ok(())
+    }
+
+    async fn poll(&mut self, _ctx: &CommandContext) -> Result<PollOutcome<u32>, CommandError> {
+        self.polls += 1;
+        record(&self.tag, format!("poll {} {}", self.polls, now_ms()));
+        if self.polls <= self.poll_failures {
+            return Err(CommandError::transient(format!(
+                "503 (poll {})",
+                self.polls
+            )));
+        }
+        Ok(PollOutcome::Succeeded(self.executes))
+    }
+}
+
+/// A command whose `execute` always fails transiently, with waits long
+/// enough (0.4 s, 0.8 s, 1.6 s, 2 s, 2 s) for a test to kill its host
+/// between two tries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlowFlaky {
+    pub tag: String,
+}
+
+pub const SLOW_FLAKY_TRIES: u32 = 6;
+
+impl Command for SlowFlaky {
+    const COMMAND_TYPE: i32 = 109;
+    const RETRY: command_coordinator::RetryPolicy =
+        command_coordinator::RetryPolicy::exponential(SLOW_FLAKY_TRIES)
+            .initial_backoff(std::time::Duration::from_millis(400))
+            .max_backoff(std::time::Duration::from_secs(2))
+            .without_jitter();
+    type Output = ();
+
+    async fn execute(&mut self, _ctx: &CommandContext) -> Result<(), CommandError> {
+        record(&self.tag, "execute");
+        Err(CommandError::transient("service unavailable"))
+    }
+
+    async fn poll(&mut self, _ctx: &CommandContext) -> Result<PollOutcome<()>, CommandError> {
+        Ok(PollOutcome::Succeeded(()))
+    }
+}
+
+/// A command that records when its `execute` ran (for delayed starts).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Timed {
+    pub tag: String,
+}
+
+impl Command for Timed {
+    const COMMAND_TYPE: i32 = 110;
+    type Output = i64;
+
+    async fn execute(&mut self, _ctx: &CommandContext) -> Result<(), CommandError> {
+        record(&self.tag, format!("execute {}", now_ms()));
+        Ok(())
+    }
+
+    async fn poll(&mut self, _ctx: &CommandContext) -> Result<PollOutcome<i64>, CommandError> {
+        Ok(PollOutcome::Succeeded(now_ms()))
+    }
+}

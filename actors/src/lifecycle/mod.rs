@@ -1310,6 +1310,7 @@ impl Lifecycle {
                 }
                 Outcome::Succeeded(output) => {
                     let mut update = CommandUpdate::new(id);
+                    let reset = self.failed_attempts() > 0;
                     match output {
                         Ok(value) => {
                             update.status = Some(CommandStatus::Succeeded);
@@ -1322,6 +1323,10 @@ impl Lifecycle {
                                 format!("output does not serialize: {e}"),
                             );
                         }
+                    }
+                    if reset {
+                        // The step ended: its failures are counted afresh.
+                        update.retry = Some(Box::default());
                     }
                     self.write(fx, update, true, Then::Advance);
                 }
