@@ -171,6 +171,10 @@ impl Db {
                 "command_hosts",
                 "cancel_requested_at",
                 "owner_host",
+                "idempotency_key",
+                "not_before",
+                "failed_attempts",
+                "last_error",
             ]
             .iter()
             .any(|name| message.contains(name));

@@ -81,7 +81,8 @@ pub async fn run(db: &Db, filter: Filter, wide: bool, json: bool) -> Result<()> 
         "SELECT c.command_id, c.command_type, c.command_params_class, c.status, c.executed, \
                 c.callback_notified, c.created_at, c.updated_at, c.ended_at, \
                 c.parent_command_id, c.root_command_id, c.cancel_requested_at IS NOT NULL, \
-                c.failure_reason, c.owner_host, o.name \
+                c.failure_reason, c.owner_host, o.name, \
+                c.idempotency_key, c.not_before, c.failed_attempts, c.last_error \
          FROM {t} c LEFT JOIN {h} o ON o.host_id = c.owner_host \
          WHERE ($1::text[] IS NULL OR c.status = ANY($1::text[])) \
            AND ($2::int4 IS NULL OR c.command_type = $2::int4) \
@@ -130,9 +131,9 @@ pub async fn run(db: &Db, filter: Filter, wide: bool, json: bool) -> Result<()> 
     let body: Vec<Vec<(String, usize)>> = listed
         .iter()
         .map(|l| {
-            let status = l.status.as_deref().unwrap_or("NULL");
             let id = |id: CommandId| if wide { id.to_string() } else { short(id) };
-            let reason = flat(l.reason.as_deref().unwrap_or(""));
+            let reason = flat(&l.reason_shown());
+            let (status_shown, status_len) = l.status_cell(now, colour);
             vec![
                 cell(id(l.id)),
                 cell(l.parent.map_or("-".to_owned(), id)),
@@ -142,7 +143,7 @@ pub async fn run(db: &Db, filter: Filter, wide: bool, json: bool) -> Result<()> 
                     (None, None) => "-".to_owned(),
                 }),
                 cell(type_label(l.command_type, l.class.as_deref())),
-                (paint(status, colour), status.chars().count()),
+                (status_shown, status_len),
                 cell(yes_no(l.executed)),
                 cell(yes_no(l.notified)),
                 cell(l.created_at.map_or("?".into(), |t| human(now - t))),
@@ -150,6 +151,10 @@ pub async fn run(db: &Db, filter: Filter, wide: bool, json: bool) -> Result<()> 
                     l.updated_at
                         .map_or("?".into(), |t| format!("{} ago", human(now - t))),
                 ),
+                cell(match l.failed_attempts {
+                    0 => String::new(),
+                    n => n.to_string(),
+                }),
                 cell(if wide {
                     reason
                 } else {
@@ -161,7 +166,7 @@ pub async fn run(db: &Db, filter: Filter, wide: bool, json: bool) -> Result<()> 
     emit(&table(
         &[
             "ID", "PARENT", "OWNER", "TYPE", "STATUS", "EXECUTED", "NOTIFIED", "AGE", "UPDATED",
-            "REASON",
+            "ATTEMPTS", "REASON",
         ],
         &body,
     ));
@@ -222,7 +227,8 @@ fn yes_no(flag: Option<bool>) -> &'static str {
 }
 
 /// One listed row. Every column but the id and the type may be NULL in a
-/// row written by someone else, so all are optional.
+/// row written by someone else, so all are optional (but `failed_attempts`,
+/// NOT NULL with a default).
 struct Listed {
     id: CommandId,
     command_type: i32,
@@ -240,6 +246,11 @@ struct Listed {
     /// The host that runs it (or ran it last), and that host's name.
     owner: Option<uuid::Uuid>,
     owner_name: Option<String>,
+    /// What a submit asked for and what its retries left (V8).
+    idempotency_key: Option<String>,
+    not_before: Option<DateTime<Utc>>,
+    failed_attempts: i32,
+    last_error: Option<String>,
 }
 
 impl Listed {
@@ -260,6 +271,48 @@ impl Listed {
             reason: row.get(12),
             owner: row.get(13),
             owner_name: row.get(14),
+            idempotency_key: row.get(15),
+            not_before: row.get(16),
+            failed_attempts: row.get(17),
+            last_error: row.get(18),
+        }
+    }
+
+    /// The STATUS cell, `(shown, visible length)`. A command that has not
+    /// started and waits for `not_before` (a delayed start, or the back-off
+    /// before the next try of `execute`) reads `NOT_STARTED (starts in
+    /// 4m05s)`, so that it is not taken for one that no host picks up.
+    ///
+    /// Folded into STATUS rather than a STARTS column of its own: such rows
+    /// are few, so a column would be empty on nearly every line of a table
+    /// that is wide already (near 100 columns before REASON), while the fold
+    /// widens STATUS only when a waiting row is listed, and keeps the status
+    /// word first (what the eye and `grep NOT_STARTED` look for). Relative,
+    /// like AGE and UPDATED, because a clock time would need a date and a
+    /// time zone to be read right; `--json` and `show` give the time itself.
+    fn status_cell(&self, now: DateTime<Utc>, colour: bool) -> (String, usize) {
+        let status = self.status.as_deref().unwrap_or("NULL");
+        let mut shown = paint(status, colour);
+        let mut len = status.chars().count();
+        if let Some(at) = self.not_before
+            && at > now
+            && status == CommandStatus::NotStarted.as_str()
+        {
+            let wait = format!(" (starts in {})", human(at - now));
+            len += wait.chars().count();
+            shown.push_str(&wait);
+        }
+        (shown, len)
+    }
+
+    /// The REASON cell before cutting: the failure reason; while a step is
+    /// being retried (ATTEMPTS not empty), the error of its last try, marked
+    /// as such so that it is not read as the reason the command failed.
+    fn reason_shown(&self) -> String {
+        match (&self.reason, &self.last_error) {
+            (Some(reason), _) => reason.clone(),
+            (None, Some(error)) if self.failed_attempts > 0 => format!("last error: {error}"),
+            _ => String::new(),
         }
     }
 
@@ -281,6 +334,10 @@ impl Listed {
             "updated_at": self.updated_at,
             "ended_at": self.ended_at,
             "failure_reason": self.reason,
+            "idempotency_key": self.idempotency_key,
+            "not_before": self.not_before,
+            "failed_attempts": self.failed_attempts,
+            "last_error": self.last_error,
         })
     }
 }

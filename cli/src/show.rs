@@ -2,8 +2,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::Utc;
-use command_coordinator::{CommandEntity, CommandId, CommandStore, StoreErrorKind};
+use chrono::{DateTime, Utc};
+use command_coordinator::{CommandEntity, CommandId, CommandStatus, CommandStore, StoreErrorKind};
 use serde_json::{Value, json};
 
 use crate::db::{Db, Result};
@@ -16,8 +16,9 @@ use crate::output::{
 
 /// The width the tree fits by default: a terminal wider than the classic
 /// 80, as most are, with room to read a reason. Ids are shortened to their
-/// first 8 characters (which every subcommand accepts) and the outcome is
-/// cut to fit; `--wide` shows everything.
+/// first 8 characters (which every subcommand accepts), and the outcome and
+/// the detail lines under a node (key, not before, attempts and last error)
+/// are cut to fit; `--wide` shows everything.
 const WIDTH: usize = 100;
 /// How much of a return value the tree shows with `--wide`.
 const RETURN_VALUE_CHARS: usize = 80;
@@ -38,6 +39,7 @@ enum Row {
 
 /// One line of the drawing.
 enum Line {
+    /// Printed as it is (already cut to fit).
     Text(String),
     Node {
         /// Tree prefix, branch and id.
@@ -389,6 +391,24 @@ impl Tree {
             Some(false) => format!("{prefix}│  "),
         };
         let children = self.children.get(&id).map_or(&[][..], Vec::as_slice);
+        // The details go under the node, 3 columns in from its id, with the
+        // tree's line down to its children running past them.
+        let details = self.details(id);
+        if !details.is_empty() {
+            let down = if children.iter().any(|c| !drawn.contains(c)) {
+                "│  "
+            } else {
+                "   "
+            };
+            for detail in details {
+                let line = format!("{child_prefix}{down}{detail}");
+                lines.push(Line::Text(if wide || line.chars().count() <= WIDTH {
+                    line.trim_end().to_owned()
+                } else {
+                    truncate(&line, WIDTH - 1)
+                }));
+            }
+        }
         for (i, &child) in children.iter().enumerate() {
             if drawn.contains(&child) {
                 continue;
@@ -449,6 +469,38 @@ impl Tree {
         (cells, outcome, marks)
     }
 
+    /// The lines under a node for what a submit asked for and what its
+    /// retries left: the idempotency key, the time no step runs before, and
+    /// the transient failures of the current step with the last error. Each
+    /// only when set; the last error is kept after its step succeeded, so it
+    /// may show with no attempts. Cut to the tree's width when drawn.
+    fn details(&self, id: CommandId) -> Vec<String> {
+        let Row::Entity(e) = &self.nodes[&id].row else {
+            return Vec::new();
+        };
+        let mut details = Vec::new();
+        if let Some(key) = &e.idempotency_key {
+            details.push(format!("key: {}", flat(key)));
+        }
+        if let Some(at) = e.not_before {
+            details.push(format!(
+                "not before: {}",
+                not_before(at, e.status, Utc::now())
+            ));
+        }
+        let last_error = e.last_error.as_deref().map(flat);
+        if e.failed_attempts > 0 {
+            let mut text = format!("attempts: {} failed in a row", e.failed_attempts);
+            if let Some(error) = &last_error {
+                text.push_str(&format!(", last error: {error}"));
+            }
+            details.push(text);
+        } else if let Some(error) = &last_error {
+            details.push(format!("last error: {error}"));
+        }
+        details
+    }
+
     fn to_json(&self) -> Value {
         let mut drawn = HashSet::new();
         let root = self.node_json(self.root, &mut drawn);
@@ -506,11 +558,51 @@ impl Tree {
                         serde_json::from_str::<Value>(rv.json()).unwrap_or(Value::Null)
                     }),
                     "failure_reason": e.failure_reason,
+                    "idempotency_key": e.idempotency_key,
+                    "not_before": e.not_before,
+                    "failed_attempts": e.failed_attempts,
+                    "last_error": e.last_error,
                 })
             }
         };
         value["given"] = Value::Bool(id == self.given);
         value["children"] = Value::Array(children);
         value
+    }
+}
+
+/// `not_before` as the tree shows it: the time in UTC, and while a command
+/// that has not started waits for it, how long until then and "(waiting)",
+/// so that a delayed start or a retry's back-off is not read as stuck.
+fn not_before(at: DateTime<Utc>, status: CommandStatus, now: DateTime<Utc>) -> String {
+    let shown = at.format("%Y-%m-%d %H:%M:%S UTC");
+    if status == CommandStatus::NotStarted && at > now {
+        format!("{shown}, in {} (waiting)", human(at - now))
+    } else {
+        shown.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_command_not_started_waits_for_not_before() {
+        let now: DateTime<Utc> = "2026-12-01T12:00:00Z".parse().unwrap();
+        let later = now + chrono::TimeDelta::seconds(90);
+        assert_eq!(
+            not_before(later, CommandStatus::NotStarted, now),
+            "2026-12-01 12:01:30 UTC, in 1m30s (waiting)"
+        );
+        assert_eq!(
+            not_before(later, CommandStatus::Active, now),
+            "2026-12-01 12:01:30 UTC"
+        );
+        let earlier = now - chrono::TimeDelta::seconds(90);
+        assert_eq!(
+            not_before(earlier, CommandStatus::NotStarted, now),
+            "2026-12-01 11:58:30 UTC"
+        );
     }
 }

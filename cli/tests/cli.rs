@@ -147,6 +147,24 @@ fn sorted(ids: &[CommandId]) -> Vec<String> {
     ids
 }
 
+/// The cell of `line` under the column `name` of the table's `header`,
+/// trimmed (up to the next column's name; the last column to the end).
+fn column(header: &str, line: &str, name: &str) -> String {
+    let start = header
+        .find(&format!("{name} "))
+        .or_else(|| header.ends_with(name).then(|| header.len() - name.len()))
+        .unwrap_or_else(|| panic!("no column {name} in {header}"));
+    let end = header[start + name.len()..]
+        .find(|c: char| c != ' ')
+        .map(|gap| start + name.len() + gap);
+    let cells: String = line
+        .chars()
+        .skip(start)
+        .take(end.map_or(usize::MAX, |end| end - start))
+        .collect();
+    cells.trim().to_owned()
+}
+
 /// A running hierarchy (root + 2 merges) made now, and an old ended one.
 struct Listing {
     root: CommandEntity,
@@ -402,6 +420,162 @@ async fn show_draws_a_three_level_hierarchy() {
     let out = db.cli(&["show", &missing.to_string()]);
     assert_eq!(out.status.code(), Some(1));
     assert_one_line(&out, &format!("no command {missing}"));
+}
+
+#[tokio::test]
+async fn show_and_list_display_key_not_before_and_retries() {
+    let db = fresh(true).await;
+    let mut root = entity(
+        &RemoveSnapshot {
+            snapshot: "s1".into(),
+        },
+        1,
+        CommandStatus::Active,
+        None,
+    );
+    root.created_at = chrono::Utc::now() - chrono::TimeDelta::minutes(1);
+    db.save(&root).await;
+    // Rows as a host writes them after transient errors, by plain SQL: one
+    // waiting for its next try of execute, one running whose step succeeded
+    // since (its last error kept, and long, on two lines).
+    let (retried, running) = (CommandId::new(), CommandId::new());
+    let long_error = format!("poll failed:\n{}", "timeout talking to vdsm ".repeat(12));
+    sql(
+        &db,
+        "INSERT INTO {t} (command_id, command_type, root_command_id, parent_command_id, \
+         command_parameters, command_params_class, created_at, status, callback_enabled, \
+         idempotency_key, not_before, failed_attempts, last_error) VALUES \
+         ($1, 2, $3, $3, '{\"disk\":4}', 'x::Merge', now() - interval '2 seconds', \
+          'NOT_STARTED', true, \
+          'order-42', now() + interval '10 minutes', 2, 'connection refused'), \
+         ($2, 2, $3, $3, '{\"disk\":5}', 'x::Merge', now() - interval '1 second', 'ACTIVE', \
+          true, NULL, now() + interval '1 hour', 0, $4)",
+        &[
+            retried.as_uuid(),
+            running.as_uuid(),
+            root.id.as_uuid(),
+            &long_error,
+        ],
+    )
+    .await;
+    let stored = db.store.get(retried).await.unwrap().unwrap();
+    let not_before = stored.not_before.expect("not_before read back");
+    let at = not_before.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+
+    // show: under the node, when set; cut to 100 columns.
+    let text = db.ok(&["show", &short(retried)]);
+    for line in text.lines() {
+        assert!(line.chars().count() <= 100, "{line:?} is too wide:\n{text}");
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let node = lines
+        .iter()
+        .position(|l| l.contains(&short(retried)))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(lines[node].contains("NOT_STARTED"), "{text}");
+    assert!(lines[node + 1].ends_with("   key: order-42"), "{text}");
+    assert!(
+        lines[node + 2].contains(&format!("not before: {at}, in "))
+            && lines[node + 2].ends_with("(waiting)"),
+        "{text}"
+    );
+    assert!(
+        lines[node + 3].ends_with("attempts: 2 failed in a row, last error: connection refused"),
+        "{text}"
+    );
+    // The running one: its not_before is no wait for a start, its error is
+    // the last one only, on one line, cut.
+    let node = lines
+        .iter()
+        .position(|l| l.contains(&short(running)))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(lines[node + 1].contains("not before: "), "{text}");
+    assert!(!lines[node + 1].contains("waiting"), "{text}");
+    assert!(
+        lines[node + 2].contains("last error: poll failed: timeout talking to vdsm")
+            && lines[node + 2].ends_with('…')
+            && !lines[node + 2].contains("attempts"),
+        "{text}"
+    );
+    // The root has none of them: its first child follows it.
+    assert!(
+        lines[1].starts_with(&format!("├─ {}", short(retried))),
+        "{text}"
+    );
+    let wide = db.ok(&["show", &short(retried), "--wide"]);
+    let flat_error = long_error.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        wide.contains(&format!("last error: {flat_error}\n")),
+        "{wide}"
+    );
+
+    let tree = db.json(&["show", &short(retried), "--json"]);
+    let children = tree["root"]["children"].as_array().unwrap();
+    let node = children
+        .iter()
+        .find(|c| c["id"] == retried.to_string())
+        .unwrap_or_else(|| panic!("{tree:#}"));
+    assert_eq!(node["idempotency_key"], "order-42", "{tree:#}");
+    assert_eq!(node["failed_attempts"], 2, "{tree:#}");
+    assert_eq!(node["last_error"], "connection refused", "{tree:#}");
+    let json_at: chrono::DateTime<chrono::Utc> =
+        node["not_before"].as_str().unwrap().parse().unwrap();
+    assert_eq!(json_at, not_before);
+    assert_eq!(tree["root"]["failed_attempts"], 0, "{tree:#}");
+    assert!(tree["root"]["idempotency_key"].is_null(), "{tree:#}");
+    assert!(tree["root"]["not_before"].is_null(), "{tree:#}");
+
+    // list: ATTEMPTS (empty when 0), a waiting start in STATUS, the last
+    // error as the reason while retrying.
+    let table = db.ok(&["list"]);
+    let header = table.lines().next().unwrap();
+    assert!(header.contains("ATTEMPTS"), "{table}");
+    let row = |id: CommandId| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&short(id)))
+            .unwrap_or_else(|| panic!("{table}"))
+            .to_owned()
+    };
+    let line = row(retried);
+    assert!(
+        column(header, &line, "STATUS").starts_with("NOT_STARTED (starts in "),
+        "{table}"
+    );
+    assert_eq!(column(header, &line, "ATTEMPTS"), "2", "{table}");
+    assert_eq!(
+        column(header, &line, "REASON"),
+        "last error: connection refused",
+        "{table}"
+    );
+    let line = row(running);
+    assert_eq!(column(header, &line, "STATUS"), "ACTIVE", "{table}");
+    assert_eq!(column(header, &line, "ATTEMPTS"), "", "{table}");
+    assert_eq!(column(header, &line, "REASON"), "", "{table}");
+    let line = row(root.id);
+    assert_eq!(column(header, &line, "STATUS"), "ACTIVE", "{table}");
+    assert_eq!(column(header, &line, "ATTEMPTS"), "", "{table}");
+
+    let listed = db.json(&["list", "--json"]);
+    let by_id = |id: CommandId| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == id.to_string())
+            .unwrap_or_else(|| panic!("{listed:#}"))
+            .clone()
+    };
+    let r = by_id(retried);
+    assert_eq!(r["idempotency_key"], "order-42", "{r:#}");
+    assert_eq!(r["failed_attempts"], 2, "{r:#}");
+    assert_eq!(r["last_error"], "connection refused", "{r:#}");
+    assert!(r["failure_reason"].is_null(), "{r:#}");
+    let json_at: chrono::DateTime<chrono::Utc> = r["not_before"].as_str().unwrap().parse().unwrap();
+    assert_eq!(json_at, not_before);
+    assert_eq!(by_id(running)["last_error"], long_error.as_str());
+    assert_eq!(by_id(running)["failed_attempts"], 0);
+    assert!(by_id(root.id)["not_before"].is_null());
 }
 
 #[tokio::test]
