@@ -1040,6 +1040,7 @@ impl CoordinatorBuilder {
             cancelled: HashSet::new(),
             checking_cancellations: false,
             checking_hosts: false,
+            check_again: false,
             checking_remote: false,
             paused: false,
             held_polls: Vec::new(),
@@ -1119,6 +1120,10 @@ pub(crate) struct CoordinatorActor {
     checking_cancellations: bool,
     /// A host check is in flight.
     checking_hosts: bool,
+    /// A notice offered work to this host while a check was in flight (and
+    /// may have read the offers before that work committed): check again
+    /// right after it, rather than at the next tick.
+    check_again: bool,
     /// A look for the ends of commands waited for here and run elsewhere
     /// is in flight.
     checking_remote: bool,
@@ -1371,6 +1376,9 @@ impl Handler<CheckHosts> for CoordinatorActor {
                 })
                 .map(move |adopted: Result<Option<OwnedRows>, StoreError>, act, ctx| {
                     act.checking_hosts = false;
+                    if std::mem::take(&mut act.check_again) {
+                        ctx.notify(CheckHosts);
+                    }
                     match adopted {
                         Ok(Some(rows)) => ctx.notify(Rehydrate::new(rows, None)),
                         Ok(None) => {}
@@ -1476,7 +1484,11 @@ impl CoordinatorActor {
                     Notice::Adopt => ctx.notify(CheckHosts),
                     Notice::Offered(host) => {
                         if host == act.handle.shared.fence.host() {
-                            ctx.notify(CheckHosts);
+                            if act.checking_hosts {
+                                act.check_again = true;
+                            } else {
+                                ctx.notify(CheckHosts);
+                            }
                         }
                     }
                     Notice::Waited(id) => {
