@@ -119,6 +119,10 @@ enum Mode {
         /// have), each running its share: aggregate lifecycles/s.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
         hosts: u32,
+        /// Every command with an idempotency key (`execute_with`): one
+        /// insert and commit per submit instead of the writer's batches.
+        #[arg(long, conflicts_with = "hosts")]
+        keyed: bool,
     },
     /// A host's heartbeat stops with N hierarchies unfinished: time until
     /// another host declared it dead and every hierarchy runs again.
@@ -558,8 +562,14 @@ async fn run(
     ));
 
     let report = match cli.mode {
-        Mode::Flat { commands, hosts: 1 } => flat(&bench, commands).await?,
-        Mode::Flat { commands, hosts } => flat_hosts(&bench, commands, hosts).await?,
+        Mode::Flat {
+            commands,
+            hosts: 1,
+            keyed,
+        } => flat(&bench, commands, keyed).await?,
+        Mode::Flat {
+            commands, hosts, ..
+        } => flat_hosts(&bench, commands, hosts).await?,
         Mode::Adopt {
             hierarchies,
             lease_s,
@@ -683,11 +693,15 @@ fn run_script(script: &str, url: &str, json_only: bool) -> Result<Value, BoxErro
 /// timed from the first submit to the last outcome. Each lifecycle costs the
 /// runtime 5 writes (insert, ACTIVE, executed, SUCCEEDED, ENDED), so this is
 /// what group commit is for; the ceiling is pgbench's batched figure.
-async fn flat(bench: &Bench, commands: usize) -> Result<Report, BoxError> {
+async fn flat(bench: &Bench, commands: usize, keyed: bool) -> Result<Report, BoxError> {
     let coordinator = bench.within("start", bench.builder().start()).await??;
     warm_up(bench, &coordinator).await?;
     let bar = bench.progress(commands as u64, "flat");
-    let round = flat_round(bench, &coordinator, commands, &bar).await?;
+    let round = if keyed {
+        flat_keyed_round(bench, &coordinator, commands, &bar).await?
+    } else {
+        flat_round(bench, &coordinator, commands, &bar).await?
+    };
     bar.finish_and_clear();
     coordinator.shutdown().await;
 
@@ -700,6 +714,7 @@ async fn flat(bench: &Bench, commands: usize) -> Result<Report, BoxError> {
     ));
     let mut report = Report::default();
     report.set("commands", commands);
+    report.set("keyed", keyed);
     report.set("seconds", round3(round.elapsed.as_secs_f64()));
     report.set("failed", round.failed);
     report.set("lifecycles_per_s", round_to(rate, 0));
@@ -1446,6 +1461,44 @@ async fn flat_round(
             let (last, bar) = (last.clone(), bar.clone());
             actix::spawn(async move {
                 let outcome = coordinator.execute(Noop { i: i as u32 }).await;
+                last.set(last.get().max(Instant::now()));
+                bar.inc(1);
+                matches!(outcome, Ok(o) if o.succeeded())
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for task in tasks {
+        if !bench.within("flat", task).await?? {
+            failed += 1;
+        }
+    }
+    Ok(FlatRound {
+        count: n,
+        failed,
+        elapsed: last.get() - start,
+    })
+}
+
+/// [`flat_round`] with a key on every command (`execute_with`).
+async fn flat_keyed_round(
+    bench: &Bench,
+    coordinator: &Coordinator,
+    n: usize,
+    bar: &ProgressBar,
+) -> Result<FlatRound, BoxError> {
+    let start = Instant::now();
+    let last = Rc::new(Cell::new(start));
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let coordinator = coordinator.clone();
+            let (last, bar) = (last.clone(), bar.clone());
+            let options = command_coordinator::SubmitOptions::new().key(format!("{run}-{i}"));
+            actix::spawn(async move {
+                let outcome = coordinator
+                    .execute_with(Noop { i: i as u32 }, options)
+                    .await;
                 last.set(last.get().max(Instant::now()));
                 bar.inc(1);
                 matches!(outcome, Ok(o) if o.succeeded())

@@ -77,6 +77,7 @@ pub(crate) struct Statements {
     children_of_unfinished: String,
     children: String,
     apply: String,
+    apply_retry: String,
     insert_one: String,
     pub(crate) submit_in: String,
     pub(crate) submitted_as: String,
@@ -89,25 +90,35 @@ impl Statements {
     fn new(schema: &SchemaName) -> Self {
         let t = format!("{}.command_entities", schema.quoted());
         let hosts = format!("{}.command_hosts", schema.quoted());
-        // The SET part of every runtime update: a NULL leaves the column
-        // as it is.
-        let update = format!(
-            "UPDATE {t} AS c SET \
-               status = coalesce(u.status, c.status), \
-               executed = coalesce(u.executed, c.executed), \
-               callback_notified = coalesce(u.notified, c.callback_notified), \
-               command_parameters = coalesce(u.params, c.command_parameters), \
-               command_params_class = coalesce(u.params_class, c.command_params_class), \
-               return_value = coalesce(u.rv, c.return_value), \
-               return_value_class = coalesce(u.rv_class, c.return_value_class), \
-               failure_reason = coalesce(u.reason, c.failure_reason), \
-               failed_attempts = coalesce(u.attempts, c.failed_attempts), \
-               last_error = coalesce(u.last_error, c.last_error), \
-               not_before = coalesce(u.not_before, c.not_before), \
-               updated_at = now(), \
-               ended_at = CASE WHEN coalesce(u.status, c.status) IN {ENDED} \
-                   THEN coalesce(c.ended_at, now()) END"
-        );
+        // The SET part of every runtime update: a NULL leaves the column as
+        // it is. With `retry`, also the retry columns (V8): only batches
+        // that carry a transient failure (or its reset) use that variant,
+        // so the hot path sends and plans exactly what it did before V8.
+        let update_set = |retry: bool| {
+            let retry_columns = if retry {
+                "failed_attempts = coalesce(u.attempts, c.failed_attempts), \
+                 last_error = coalesce(u.last_error, c.last_error), \
+                 not_before = coalesce(u.not_before, c.not_before), "
+            } else {
+                ""
+            };
+            format!(
+                "UPDATE {t} AS c SET \
+                   status = coalesce(u.status, c.status), \
+                   executed = coalesce(u.executed, c.executed), \
+                   callback_notified = coalesce(u.notified, c.callback_notified), \
+                   command_parameters = coalesce(u.params, c.command_parameters), \
+                   command_params_class = coalesce(u.params_class, c.command_params_class), \
+                   return_value = coalesce(u.rv, c.return_value), \
+                   return_value_class = coalesce(u.rv_class, c.return_value_class), \
+                   failure_reason = coalesce(u.reason, c.failure_reason), \
+                   {retry_columns}\
+                   updated_at = now(), \
+                   ended_at = CASE WHEN coalesce(u.status, c.status) IN {ENDED} \
+                       THEN coalesce(c.ended_at, now()) END"
+            )
+        };
+        let update = update_set(true);
         // The ownership check of an update, as a condition of the join with
         // the batch (`OR u.id IS NULL` never holds): as a plain filter on
         // the table, `owner_host = $n` looks so selective that the planner
@@ -144,6 +155,53 @@ impl Statements {
                AND NOT EXISTS (SELECT 1 FROM {t} c \
                    WHERE c.parent_command_id = r.command_id AND {unexpired})"
         );
+        // A writer batch (see `apply` below); `retry`: the variant with the
+        // retry columns, parameters $29 to $31.
+        let apply = |retry: bool| {
+            let set = update_set(retry);
+            let (retry_arrays, retry_names) = if retry {
+                (
+                    ", $29::int4[], $30::text[], $31::timestamptz[]",
+                    ", attempts, last_error, not_before",
+                )
+            } else {
+                ("", "")
+            };
+            format!(
+                "WITH h AS ( \
+                   SELECT 1 FROM {hosts} \
+                   WHERE host_id = $26 AND state = 'alive' AND cardinality($1::uuid[]) > 0 \
+                   FOR SHARE \
+                 ), ins AS ( \
+                   INSERT INTO {t} ({INSERT_COLUMNS}) \
+                   SELECT u.id, u.ty, u.root, u.parent, u.params, u.class, u.created, now(), \
+                          CASE WHEN u.status IN {ENDED} THEN now() END, u.status, u.cb, \
+                          u.notified, u.executed, u.rv, u.rv_class, u.reason, u.job, u.step, \
+                          coalesce(u.placed, $26), CASE WHEN u.placed IS NULL THEN 1 ELSE 0 END \
+                   FROM unnest($1::uuid[], $2::int4[], $3::uuid[], $4::uuid[], $5::text[], \
+                               $6::text[], $7::timestamptz[], $8::text[], $9::bool[], \
+                               $10::bool[], $11::bool[], $12::text[], $13::text[], $14::text[], \
+                               $15::uuid[], $16::uuid[], $27::uuid[]) \
+                     AS u(id, ty, root, parent, params, class, created, status, cb, notified, \
+                          executed, rv, rv_class, reason, job, step, placed) \
+                   WHERE EXISTS (SELECT 1 FROM h) \
+                   ON CONFLICT (command_id) DO NOTHING \
+                 ), upd AS ( \
+                   {set} \
+                   FROM unnest($17::uuid[], $18::text[], $19::bool[], $20::bool[], \
+                               $21::text[], $22::text[], $23::text[], $24::text[], $25::text[], \
+                               $28::uuid[]{retry_arrays}) \
+                     AS u(id, status, executed, notified, params, params_class, rv, rv_class, \
+                          reason, root{retry_names}) \
+                   WHERE c.command_id = u.id AND {in_hierarchy} \
+                     AND c.callback_notified IS NOT TRUE AND {owned_by_26} \
+                   RETURNING c.command_id \
+                 ) \
+                 SELECT (SELECT count(*) FROM h), \
+                        ARRAY(SELECT x.id FROM unnest($17::uuid[]) AS x(id) \
+                              WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.command_id = x.id))"
+            )
+        };
         Self {
             save_or_update: format!(
                 "INSERT INTO {t} AS c ({COLUMNS}) VALUES \
@@ -249,40 +307,8 @@ impl Statements {
             // lock, then matches nothing and is rolled back with its
             // effects), and what keeps a stale write that a timed-out
             // connection left running from reopening an ended command.
-            apply: format!(
-                "WITH h AS ( \
-                   SELECT 1 FROM {hosts} \
-                   WHERE host_id = $26 AND state = 'alive' AND cardinality($1::uuid[]) > 0 \
-                   FOR SHARE \
-                 ), ins AS ( \
-                   INSERT INTO {t} ({INSERT_COLUMNS}) \
-                   SELECT u.id, u.ty, u.root, u.parent, u.params, u.class, u.created, now(), \
-                          CASE WHEN u.status IN {ENDED} THEN now() END, u.status, u.cb, \
-                          u.notified, u.executed, u.rv, u.rv_class, u.reason, u.job, u.step, \
-                          coalesce(u.placed, $26), CASE WHEN u.placed IS NULL THEN 1 ELSE 0 END \
-                   FROM unnest($1::uuid[], $2::int4[], $3::uuid[], $4::uuid[], $5::text[], \
-                               $6::text[], $7::timestamptz[], $8::text[], $9::bool[], \
-                               $10::bool[], $11::bool[], $12::text[], $13::text[], $14::text[], \
-                               $15::uuid[], $16::uuid[], $27::uuid[]) \
-                     AS u(id, ty, root, parent, params, class, created, status, cb, notified, \
-                          executed, rv, rv_class, reason, job, step, placed) \
-                   WHERE EXISTS (SELECT 1 FROM h) \
-                   ON CONFLICT (command_id) DO NOTHING \
-                 ), upd AS ( \
-                   {update} \
-                   FROM unnest($17::uuid[], $18::text[], $19::bool[], $20::bool[], \
-                               $21::text[], $22::text[], $23::text[], $24::text[], $25::text[], \
-                               $28::uuid[], $29::int4[], $30::text[], $31::timestamptz[]) \
-                     AS u(id, status, executed, notified, params, params_class, rv, rv_class, \
-                          reason, root, attempts, last_error, not_before) \
-                   WHERE c.command_id = u.id AND {in_hierarchy} \
-                     AND c.callback_notified IS NOT TRUE AND {owned_by_26} \
-                   RETURNING c.command_id \
-                 ) \
-                 SELECT (SELECT count(*) FROM h), \
-                        ARRAY(SELECT x.id FROM unnest($17::uuid[]) AS x(id) \
-                              WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.command_id = x.id))"
-            ),
+            apply: apply(false),
+            apply_retry: apply(true),
             // One new root command with a key or a later start
             // (`Coordinator::submit_with`): fenced like the writer's inserts.
             // Any conflict inserts nothing: the same id (an earlier try of
@@ -581,8 +607,14 @@ impl PgStore {
                 Transition::Update(u) => updates.push(u),
             }
         }
+        let retrying = updates.has_retries();
+        let sql = if retrying {
+            &self.sql.apply_retry
+        } else {
+            &self.sql.apply
+        };
         let client = self.client(op, first).await?;
-        let stmt = client.prepare_cached(&self.sql.apply).await.map_err(pg)?;
+        let stmt = client.prepare_cached(sql).await.map_err(pg)?;
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::with_capacity(31);
         let insert_params = inserts.params();
         let update_params = updates.params();
@@ -591,7 +623,9 @@ impl PgStore {
         params.push(host.as_uuid());
         params.push(&inserts.placed);
         params.push(updates.roots());
-        params.extend(updates.retries());
+        if retrying {
+            params.extend(updates.retries());
+        }
         let row = client.query_one(&stmt, &params).await.map_err(pg)?;
         let alive = row.get::<_, i64>(0) > 0;
         let missed: Vec<Uuid> = row.get(1);
@@ -1331,6 +1365,12 @@ impl<'a> UpdateColumns<'a> {
         self.last_error
             .push(retry.and_then(|r| r.last_error.as_deref()));
         self.not_before.push(retry.and_then(|r| r.not_before));
+    }
+
+    /// Some update sets the retry columns: the batch needs the statement
+    /// variant that writes them.
+    pub(crate) fn has_retries(&self) -> bool {
+        self.attempts.iter().any(Option::is_some)
     }
 
     /// The retry columns (their own parameters, after the roots).
