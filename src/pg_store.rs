@@ -16,9 +16,9 @@ use crate::config::SchemaName;
 use crate::pg_transaction::PgTransaction;
 use command_coordinator_actors::{
     Applied, BadRow, CancelOutcome, CommandEntity, CommandId, CommandStatus, CommandStore,
-    CommandUpdate, EndTransaction, Expired, HostId, HostInfo, HostRecord, HostState, Inserted,
-    JsonPayload, LoadedRows, LocalStoreFuture, OwnedRows, RemovedBatch, StoreError, StoreErrorKind,
-    StoreFuture, StoreOp, Transition,
+    CommandUpdate, EndTransaction, Expired, HostId, HostInfo, HostRecord, HostState, JsonPayload,
+    LoadedRows, LocalStoreFuture, OwnedRows, RemovedBatch, StoreError, StoreErrorKind, StoreFuture,
+    StoreOp, Transition,
 };
 
 /// The columns every entity query selects, in the order [`entity_from_row`] reads.
@@ -36,8 +36,8 @@ const INSERT_COLUMNS: &str = "command_id, command_type, root_command_id, parent_
     callback_enabled, callback_notified, executed, return_value, return_value_class, \
     failure_reason, job_id, step_id, owner_host, owner_epoch";
 
-/// The columns a single submit with options fills ([`Statements`]'s
-/// `insert_one` and `submit_in`).
+/// The columns a submit in the host's transaction fills ([`Statements`]'s
+/// `submit_in`).
 const SUBMIT_COLUMNS: &str = "command_id, command_type, root_command_id, command_parameters, \
     command_params_class, created_at, updated_at, status, callback_enabled, callback_notified, \
     executed, job_id, step_id, owner_host, owner_epoch, idempotency_key, not_before";
@@ -76,9 +76,11 @@ pub(crate) struct Statements {
     cancel_requested: String,
     children_of_unfinished: String,
     children: String,
-    apply: String,
-    apply_retry: String,
-    insert_one: String,
+    /// The writer's statement, by (retry columns, keyed inserts): index
+    /// `retry + 2 * keyed`. Plain batches use the first, which is the
+    /// statement from before V8.
+    apply: [String; 4],
+    inserted_as: String,
     pub(crate) submit_in: String,
     pub(crate) submitted_as: String,
     pub(crate) end_update: String,
@@ -157,7 +159,7 @@ impl Statements {
         );
         // A writer batch (see `apply` below); `retry`: the variant with the
         // retry columns, parameters $29 to $31.
-        let apply = |retry: bool| {
+        let apply = |retry: bool, keyed: bool| {
             let set = update_set(retry);
             let (retry_arrays, retry_names) = if retry {
                 (
@@ -167,25 +169,50 @@ impl Statements {
             } else {
                 ("", "")
             };
+            // Inserts with an idempotency key or a start time: two more
+            // arrays (numbered after the others), any conflict skips the
+            // row (the key's too), and the ids not inserted come back.
+            let k = if retry { 32 } else { 29 };
+            let (key_columns, key_values, key_arrays, key_names, conflict, inserted) = if keyed {
+                (
+                    ", idempotency_key, not_before",
+                    ", u.key, u.not_before",
+                    format!(", ${k}::text[], ${}::timestamptz[]", k + 1),
+                    ", key, not_before",
+                    "ON CONFLICT DO NOTHING RETURNING command_id",
+                    ", ARRAY(SELECT x.id FROM unnest($1::uuid[]) AS x(id) \
+                       WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.command_id = x.id))",
+                )
+            } else {
+                (
+                    "",
+                    "",
+                    String::new(),
+                    "",
+                    "ON CONFLICT (command_id) DO NOTHING",
+                    "",
+                )
+            };
             format!(
                 "WITH h AS ( \
                    SELECT 1 FROM {hosts} \
                    WHERE host_id = $26 AND state = 'alive' AND cardinality($1::uuid[]) > 0 \
                    FOR SHARE \
                  ), ins AS ( \
-                   INSERT INTO {t} ({INSERT_COLUMNS}) \
+                   INSERT INTO {t} ({INSERT_COLUMNS}{key_columns}) \
                    SELECT u.id, u.ty, u.root, u.parent, u.params, u.class, u.created, now(), \
                           CASE WHEN u.status IN {ENDED} THEN now() END, u.status, u.cb, \
                           u.notified, u.executed, u.rv, u.rv_class, u.reason, u.job, u.step, \
-                          coalesce(u.placed, $26), CASE WHEN u.placed IS NULL THEN 1 ELSE 0 END \
+                          coalesce(u.placed, $26), CASE WHEN u.placed IS NULL THEN 1 ELSE 0 END\
+                          {key_values} \
                    FROM unnest($1::uuid[], $2::int4[], $3::uuid[], $4::uuid[], $5::text[], \
                                $6::text[], $7::timestamptz[], $8::text[], $9::bool[], \
                                $10::bool[], $11::bool[], $12::text[], $13::text[], $14::text[], \
-                               $15::uuid[], $16::uuid[], $27::uuid[]) \
+                               $15::uuid[], $16::uuid[], $27::uuid[]{key_arrays}) \
                      AS u(id, ty, root, parent, params, class, created, status, cb, notified, \
-                          executed, rv, rv_class, reason, job, step, placed) \
+                          executed, rv, rv_class, reason, job, step, placed{key_names}) \
                    WHERE EXISTS (SELECT 1 FROM h) \
-                   ON CONFLICT (command_id) DO NOTHING \
+                   {conflict} \
                  ), upd AS ( \
                    {set} \
                    FROM unnest($17::uuid[], $18::text[], $19::bool[], $20::bool[], \
@@ -199,7 +226,8 @@ impl Statements {
                  ) \
                  SELECT (SELECT count(*) FROM h), \
                         ARRAY(SELECT x.id FROM unnest($17::uuid[]) AS x(id) \
-                              WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.command_id = x.id))"
+                              WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.command_id = x.id)) \
+                        {inserted}"
             )
         };
         Self {
@@ -307,29 +335,12 @@ impl Statements {
             // lock, then matches nothing and is rolled back with its
             // effects), and what keeps a stale write that a timed-out
             // connection left running from reopening an ended command.
-            apply: apply(false),
-            apply_retry: apply(true),
-            // One new root command with a key or a later start
-            // (`Coordinator::submit_with`): fenced like the writer's inserts.
-            // Any conflict inserts nothing: the same id (an earlier try of
-            // this insert whose reply was lost) or the same (type, key);
-            // `submitted_as` then says which, in a statement of its own (this
-            // one's snapshot cannot see a row committed while it waited on
-            // the key's index entry).
-            insert_one: format!(
-                "WITH h AS ( \
-                   SELECT 1 FROM {hosts} WHERE host_id = $12 AND state = 'alive' FOR SHARE \
-                 ), ins AS ( \
-                   INSERT INTO {t} ({SUBMIT_COLUMNS}) \
-                   SELECT $1, $2, $3, $4, $5, $6, now(), 'NOT_STARTED', true, false, false, \
-                          $7, $8, coalesce($9::uuid, $12::uuid), \
-                          CASE WHEN $9::uuid IS NULL THEN 1 ELSE 0 END, $10, $11 \
-                   WHERE EXISTS (SELECT 1 FROM h) \
-                   ON CONFLICT DO NOTHING \
-                   RETURNING 1 \
-                 ) \
-                 SELECT (SELECT count(*) FROM h), (SELECT count(*) FROM ins)"
-            ),
+            apply: [
+                apply(false, false),
+                apply(true, false),
+                apply(false, true),
+                apply(true, true),
+            ],
             // The same insert in the host's own transaction
             // (`SubmitInTransaction`): offered to its owner (epoch 0), which
             // claims it once it is committed; the notice goes out with the
@@ -346,6 +357,20 @@ impl Statements {
                    RETURNING 1 \
                  ), n AS (SELECT pg_notify($12, $13) FROM ins) \
                  SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM n)"
+            ),
+            // What became of the inserts a keyed batch did not insert: the
+            // row with the same id (an earlier try whose reply was lost: it
+            // is in), else the row holding the same type and key.
+            inserted_as: format!(
+                "SELECT u.id, c.command_id \
+                 FROM unnest($1::uuid[], $2::int4[], $3::text[]) AS u(id, ty, key) \
+                 LEFT JOIN LATERAL ( \
+                   SELECT c.command_id FROM {t} c \
+                   WHERE c.command_id = u.id \
+                      OR (u.key IS NOT NULL AND c.command_type = u.ty \
+                          AND c.idempotency_key = u.key) \
+                   ORDER BY c.command_id = u.id DESC LIMIT 1 \
+                 ) c ON true"
             ),
             submitted_as: format!(
                 "SELECT command_id FROM {t} \
@@ -608,14 +633,11 @@ impl PgStore {
             }
         }
         let retrying = updates.has_retries();
-        let sql = if retrying {
-            &self.sql.apply_retry
-        } else {
-            &self.sql.apply
-        };
+        let keyed = inserts.keyed();
+        let sql = &self.sql.apply[usize::from(retrying) + 2 * usize::from(keyed)];
         let client = self.client(op, first).await?;
         let stmt = client.prepare_cached(sql).await.map_err(pg)?;
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::with_capacity(31);
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::with_capacity(33);
         let insert_params = inserts.params();
         let update_params = updates.params();
         params.extend(insert_params);
@@ -626,6 +648,10 @@ impl PgStore {
         if retrying {
             params.extend(updates.retries());
         }
+        if keyed {
+            params.push(&inserts.key);
+            params.push(&inserts.not_before);
+        }
         let row = client.query_one(&stmt, &params).await.map_err(pg)?;
         let alive = row.get::<_, i64>(0) > 0;
         let missed: Vec<Uuid> = row.get(1);
@@ -634,6 +660,13 @@ impl PgStore {
             applied
                 .fenced
                 .extend(inserts.id.iter().map(|id| CommandId::from_uuid(*id)));
+        }
+        if keyed && alive {
+            let skipped: Vec<Uuid> = row.get(2);
+            if !skipped.is_empty() {
+                self.resolve_skipped(&client, &inserts, &skipped, &mut applied)
+                    .await?;
+            }
         }
         if !missed.is_empty() {
             // Ended already (final: nothing to do), gone, or owned by
@@ -659,6 +692,52 @@ impl PgStore {
             }
         }
         Ok(applied)
+    }
+
+    /// The inserts of a keyed batch that were not inserted: each is this
+    /// very row (committed by an earlier try whose reply was lost: applied),
+    /// or the key's holder (a duplicate). A holder removed in between (its
+    /// hierarchy cleaned up) makes the batch fail as transient: the writer
+    /// tries it again, and the key is free then.
+    async fn resolve_skipped(
+        &self,
+        client: &deadpool_postgres::Object,
+        inserts: &InsertColumns<'_>,
+        skipped: &[Uuid],
+        applied: &mut Applied,
+    ) -> Result<(), StoreError> {
+        let op = StoreOp::Apply;
+        let (mut ids, mut types, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, id) in inserts.id.iter().enumerate() {
+            if skipped.contains(id) {
+                ids.push(*id);
+                types.push(inserts.ty[i]);
+                keys.push(inserts.key[i]);
+            }
+        }
+        let rows = client
+            .query(&self.sql.inserted_as, &[&ids, &types, &keys])
+            .await
+            .map_err(|e| map_pg_error(op, None, e))?;
+        for row in rows {
+            let id: Uuid = row.get(0);
+            match row.get::<_, Option<Uuid>>(1) {
+                Some(found) if found == id => {}
+                Some(found) => applied
+                    .duplicates
+                    .push((CommandId::from_uuid(id), CommandId::from_uuid(found))),
+                None => {
+                    return Err(StoreError::new(
+                        op,
+                        Some(CommandId::from_uuid(id)),
+                        StoreErrorKind::Unavailable(
+                            "the command holding this idempotency key was removed meanwhile".into(),
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(crate) async fn client(
@@ -968,74 +1047,6 @@ impl CommandStore for PgStore {
         Some(self)
     }
 
-    fn insert_one<'a>(
-        &'a self,
-        host: HostId,
-        entity: &'a CommandEntity,
-    ) -> StoreFuture<'a, Inserted> {
-        Box::pin(async move {
-            let op = StoreOp::Submit;
-            let id = entity.id;
-            let e = entity;
-            let placed = e.owner.map(|h| *h.as_uuid());
-            let row = self
-                .query(
-                    op,
-                    Some(id),
-                    &self.sql.insert_one,
-                    &[
-                        e.id.as_uuid(),
-                        &e.command_type,
-                        &e.root_id.map(Uuid::from),
-                        &e.parameters.json(),
-                        &e.parameters.class(),
-                        &e.created_at,
-                        &e.job_id,
-                        &e.step_id,
-                        &placed,
-                        &e.idempotency_key,
-                        &e.not_before,
-                        host.as_uuid(),
-                    ],
-                )
-                .await?;
-            let row = row.first().ok_or_else(|| {
-                StoreError::new(op, Some(id), StoreErrorKind::Database("no answer".into()))
-            })?;
-            if row.get::<_, i64>(0) == 0 {
-                return Err(StoreError::new(
-                    op,
-                    Some(id),
-                    StoreErrorKind::Fenced(format!("host {host} is not alive")),
-                ));
-            }
-            if row.get::<_, i64>(1) == 1 {
-                return Ok(Inserted::New);
-            }
-            let rows = self
-                .query(
-                    op,
-                    Some(id),
-                    &self.sql.submitted_as,
-                    &[e.id.as_uuid(), &e.command_type, &e.idempotency_key],
-                )
-                .await?;
-            match rows.first().map(|r| CommandId::from_uuid(r.get(0))) {
-                Some(found) if found == id => Ok(Inserted::New),
-                Some(found) => Ok(Inserted::Existing(found)),
-                // The conflicting row was removed in between (cleanup of an
-                // ended hierarchy frees its key): the caller tries again.
-                None => Err(StoreError::new(
-                    op,
-                    Some(id),
-                    StoreErrorKind::Unavailable(
-                        "the command holding this key was removed meanwhile".into(),
-                    ),
-                )),
-            }
-        })
-    }
-
     fn begin_end_transaction(&self, host: HostId) -> LocalStoreFuture<'_, Box<dyn EndTransaction>> {
         Box::pin(async move {
             // Waits for a share of the pool, never for the writer's.
@@ -1282,6 +1293,9 @@ struct InsertColumns<'a> {
     step: Vec<Option<Uuid>>,
     /// The host a new hierarchy was placed on (`None`: the writer's own).
     placed: Vec<Option<Uuid>>,
+    /// Idempotency keys and start times (V8), sent only by a keyed batch.
+    key: Vec<Option<&'a str>>,
+    not_before: Vec<Option<DateTime<Utc>>>,
 }
 
 impl<'a> InsertColumns<'a> {
@@ -1304,6 +1318,14 @@ impl<'a> InsertColumns<'a> {
         self.job.push(e.job_id);
         self.step.push(e.step_id);
         self.placed.push(e.owner.map(|h| *h.as_uuid()));
+        self.key.push(e.idempotency_key.as_deref());
+        self.not_before.push(e.not_before);
+    }
+
+    /// Some insert has a key or a start time: the batch needs the keyed
+    /// variant of the statement.
+    fn keyed(&self) -> bool {
+        self.key.iter().any(Option::is_some) || self.not_before.iter().any(Option::is_some)
     }
 
     fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 16] {

@@ -111,6 +111,24 @@ async fn a_second_submit_with_the_same_key_returns_the_first_command() {
     assert!(!other.duplicate);
     assert_ne!(other.id, first.id);
     assert_eq!(rows_with_key(&db, &key).await.len(), 2);
+    // Twice at once from one host: most likely in one writer batch, where
+    // the second row conflicts with the first of the same statement.
+    let twin = format!("twin-{t}");
+    let submit = |name: &'static str| {
+        let (co, t, twin) = (co.clone(), t.clone(), twin.clone());
+        async move {
+            co.submit_with(
+                Job::new(&t, name, Behaviour::Succeed),
+                SubmitOptions::new().key(twin),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let (x, y) = futures_join2(submit("x"), submit("y")).await;
+    assert_eq!(x.id, y.id);
+    assert!(x.duplicate != y.duplicate, "{x:?} {y:?}");
+    assert_eq!(rows_with_key(&db, &twin).await, vec![x.id]);
     // Keys the database could not hold are refused before anything is written.
     let refused = co
         .submit_with(

@@ -39,9 +39,9 @@ use crate::messages::{ChildCompleted, Finished, Inspect};
 use crate::model::{CommandEntity, CommandId, CommandStatus, JsonPayload};
 use crate::poll_timers::PollTimers;
 use crate::registry::Registry;
-use crate::store::{BadRow, CancelOutcome, CommandStore, Inserted, Notice, StoreError, Transition};
+use crate::store::{BadRow, CancelOutcome, CommandStore, Notice, StoreError, Transition};
 use crate::submit::{SubmitOptions, Submitted};
-use crate::writer::{OnCommit, StoreWriter};
+use crate::writer::{Committed, OnCommit, StoreWriter};
 
 /// Why a coordinator call failed.
 #[derive(Debug, thiserror::Error)]
@@ -205,11 +205,6 @@ struct Shared {
 /// the rows at the next start.
 pub const SHUTDOWN_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The first pause before [`Coordinator::submit_with`] tries its insert
-/// again; it doubles up to [`MAX_SUBMIT_RETRY_PAUSE`].
-const SUBMIT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
-const MAX_SUBMIT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// The handle hosts use: submit, execute, wait for and look up commands.
 ///
 /// ```no_run
@@ -249,7 +244,8 @@ impl EpochWriter {
         transition: Transition,
         on_commit: Option<OnCommit>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
-        self.writer.queue(transition, on_commit, self.epoch)
+        let committed = self.writer.queue(transition, on_commit, self.epoch);
+        async move { committed.await.map(drop) }
     }
 
     pub(crate) async fn write(&self, transition: Transition) -> Result<(), StoreError> {
@@ -286,13 +282,14 @@ impl Coordinator {
     /// [`SubmitOptions`]); returns once its row is committed (or once the
     /// command already holding the key is found).
     ///
-    /// Unlike [`Coordinator::submit`], whose rows the writer batches, this
-    /// inserts the row on its own (one statement, one commit): the key's
-    /// conflict must be answered to this caller. A transient failure (the
-    /// database away, the reply lost) is retried with the same command id
-    /// for up to the writer's `submit_wait`, so a retry never makes a
-    /// second command, and the caller may retry too: with a key, a second
-    /// submit returns the first command's id.
+    /// The row goes through the writer's batches like any submit's: a
+    /// conflict on the key skips that row alone, and its caller is answered
+    /// the holder's id. A transient failure (the database away, a reply
+    /// lost) is retried by the writer with the same command id for up to
+    /// `submit_wait`; a try that finds its own row (the first committed,
+    /// its reply lost) answers it as new. So neither the library's retry
+    /// nor the caller's makes a second command: with a key, a second submit
+    /// returns the first command's id.
     ///
     /// ```no_run
     /// # use command_coordinator_actors::*;
@@ -386,45 +383,37 @@ impl Coordinator {
         let (mut entity, _) = self.prepare(command, None)?;
         options.apply_to(&mut entity);
         let id = entity.id;
-        let deadline = std::time::Instant::now() + self.shared.config.writer.submit_wait;
-        let mut pause = SUBMIT_RETRY_PAUSE;
-        loop {
-            let host = self.shared.fence.host();
-            match self.shared.store.insert_one(host, &entity).await {
-                Ok(Inserted::New) => {
-                    debug!(command_id = %id, r#type = entity.command_type, key = ?entity.idempotency_key,
-                        not_before = ?entity.not_before, "command persisted NOT_STARTED");
-                    self.shared.addr.do_send(Spawn {
-                        entity,
-                        parked: false,
-                        waiter,
-                    });
-                    return Ok(Submitted {
-                        id,
-                        duplicate: false,
-                    });
-                }
-                Ok(Inserted::Existing(existing)) => {
-                    debug!(command_id = %existing, key = ?entity.idempotency_key, "idempotency key taken: the existing command is answered");
-                    return Ok(Submitted {
-                        id: existing,
-                        duplicate: true,
-                    });
-                }
-                // The database away or the reply lost, or this host not
-                // alive for a moment (rejoining): the same insert again,
-                // same id, until the submit wait is spent.
-                Err(e)
-                    if (e.is_transient() || e.is_fenced())
-                        && std::time::Instant::now() + pause < deadline =>
-                {
-                    warn!(command_id = %id, error = %e, retry_in = ?pause, "submit not persisted yet; retrying");
-                    actix::clock::sleep(pause).await;
-                    pause = (pause * 2).min(MAX_SUBMIT_RETRY_PAUSE);
-                }
-                Err(e) => return Err(e.into()),
+        let key = entity.idempotency_key.clone();
+        let coordinator = self.clone();
+        let on_commit: OnCommit = Box::new(move |committed| {
+            if let Some(Transition::Insert(entity)) = committed {
+                debug!(command_id = %entity.id, r#type = entity.command_type, key = ?entity.idempotency_key,
+                    not_before = ?entity.not_before, "command persisted NOT_STARTED");
+                coordinator.shared.addr.do_send(Spawn {
+                    entity,
+                    parked: false,
+                    waiter,
+                });
             }
-        }
+        });
+        let committed = self
+            .shared
+            .writer
+            .queue(Transition::Insert(entity), Some(on_commit), self.epoch)
+            .await?;
+        Ok(match committed {
+            Committed::Applied => Submitted {
+                id,
+                duplicate: false,
+            },
+            Committed::Duplicate(holder) => {
+                debug!(command_id = %holder, key = ?key, "idempotency key taken: the command holding it is answered");
+                Submitted {
+                    id: holder,
+                    duplicate: true,
+                }
+            }
+        })
     }
 
     /// Submits `command` and waits until it ended (the seed's
@@ -812,7 +801,7 @@ impl Coordinator {
             self.shared
                 .writer
                 .queue(Transition::Insert(entity), Some(on_commit), self.epoch);
-        async move { Ok(committed.await?) }
+        async move { committed.await.map(drop).map_err(Into::into) }
     }
 }
 

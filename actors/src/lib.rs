@@ -47,7 +47,7 @@ pub use query::{Cursor, ListFilter, Page};
 pub use retry::RetryPolicy;
 pub use store::{
     Applied, BadRow, BoxError, CancelOutcome, CommandStore, CommandUpdate, EndTransaction, Expired,
-    Inserted, LoadedRows, LocalStoreFuture, Notice, RemovedBatch, RetryUpdate, StoreError,
-    StoreErrorKind, StoreFuture, StoreOp, Transition,
+    LoadedRows, LocalStoreFuture, Notice, RemovedBatch, RetryUpdate, StoreError, StoreErrorKind,
+    StoreFuture, StoreOp, Transition,
 };
 pub use submit::{SubmitOptions, Submitted};

@@ -302,15 +302,6 @@ impl CommandUpdate {
     }
 }
 
-/// What [`CommandStore::insert_one`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Inserted {
-    /// The row is in (now, or by an earlier try of the same insert).
-    New,
-    /// Another command of the same type holds the key: this one.
-    Existing(CommandId),
-}
-
 /// A database transaction an end method writes its own rows through
 /// ([`crate::CommandContext::transaction`]). The runtime commits the command's
 /// end (`ENDED_*` and `callback_notified`) in the same transaction, so however
@@ -358,6 +349,9 @@ pub struct Applied {
     /// host may not write them (it is not alive, or another host owns the
     /// hierarchy now).
     pub fenced: Vec<CommandId>,
+    /// Inserts not made because a command of the same type holds their
+    /// idempotency key: (the insert's id, the holder's id).
+    pub duplicates: Vec<(CommandId, CommandId)>,
 }
 
 /// Persistence of commands: the seed's CRUD operations and DAO in one interface.
@@ -430,7 +424,10 @@ pub trait CommandStore: Send + Sync + 'static {
     fn children_of_unfinished(&self) -> StoreFuture<'_, LoadedRows>;
 
     /// Applies `batch` for `host` in one transaction: inserts first, then
-    /// updates; each command appears at most once among the updates.
+    /// updates; each command appears at most once among the updates. An
+    /// insert whose id exists already is not made again (a batch retried
+    /// after a lost reply); one whose idempotency key a command of its type
+    /// holds is not made, and is answered in [`Applied::duplicates`].
     ///
     /// Fenced: inserts take effect only while `host` is alive (new rows
     /// are owned by it), updates only on rows `host` owns. What was fenced
@@ -443,20 +440,6 @@ pub trait CommandStore: Send + Sync + 'static {
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         None
     }
-
-    /// Inserts one new command on its own, outside the writer's batches:
-    /// a submit with an idempotency key or a later start
-    /// ([`crate::SubmitOptions`]). Fenced like the inserts of
-    /// [`CommandStore::apply`] (the row is `host`'s, or offered to the host
-    /// in `entity.owner`). A row with the same id (this very insert, whose
-    /// reply was lost and which is being retried) answers
-    /// [`Inserted::New`]; one with the same type and key answers
-    /// [`Inserted::Existing`] with its id.
-    fn insert_one<'a>(
-        &'a self,
-        host: HostId,
-        entity: &'a CommandEntity,
-    ) -> StoreFuture<'a, Inserted>;
 
     /// Opens a transaction for an end method (see [`EndTransaction`]) whose
     /// commit is fenced like [`CommandStore::apply`]. Stores without

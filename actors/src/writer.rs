@@ -162,7 +162,7 @@ impl StoreWriter {
         transition: Transition,
         epoch: Option<u32>,
     ) -> Result<(), StoreError> {
-        self.queue(transition, None, epoch).await
+        self.queue(transition, None, epoch).await.map(drop)
     }
 
     /// Commits what was queued before this call, then stops the writer: any
@@ -197,7 +197,7 @@ impl StoreWriter {
         transition: Transition,
         on_commit: Option<OnCommit>,
         epoch: Option<u32>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Committed, StoreError>> + Send + 'static {
         let id = transition.command_id();
         let stopped = move || {
             StoreError::new(
@@ -236,7 +236,17 @@ impl StoreWriter {
     }
 }
 
-type Ack = oneshot::Sender<Result<(), StoreError>>;
+/// What became of a committed transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Committed {
+    /// It is in the database.
+    Applied,
+    /// An insert not made: a command of its type holds its idempotency key,
+    /// this one.
+    Duplicate(CommandId),
+}
+
+type Ack = oneshot::Sender<Result<Committed, StoreError>>;
 
 /// Work to run the moment a transition is committed, given the transition
 /// (see [`StoreWriter::queue`]).
@@ -593,14 +603,26 @@ async fn try_commit(
             drop(lane);
             metrics::histogram!(crate::metrics::WRITE_BATCH_SIZE).record(transitions.len() as f64);
             let fenced: std::collections::HashSet<CommandId> = applied.fenced.into_iter().collect();
+            let duplicates: HashMap<CommandId, CommandId> =
+                applied.duplicates.into_iter().collect();
             if !fenced.is_empty() {
                 metrics::counter!(crate::metrics::FENCED_WRITES).increment(fenced.len() as u64);
                 warn!(host = %host, commands = fenced.len(), "writes refused: this host no longer owns these commands (another host adopted them) or is not alive");
             }
             // Commit hooks first: what they send is ahead of the wake-ups
             // of every sender below. The first hook of a transition gets it.
-            let mut waiters: Vec<Waiter> = Vec::with_capacity(senders.len());
+            let mut waiters: Vec<(Waiter, Committed)> = Vec::with_capacity(senders.len());
             for (transition, group) in transitions.into_iter().zip(senders) {
+                if let Some(holder) = duplicates.get(&transition.command_id()) {
+                    // Not inserted: no hook (nothing to start), and the
+                    // sender learns the key's holder.
+                    waiters.extend(
+                        group
+                            .into_iter()
+                            .map(|w| (w, Committed::Duplicate(*holder))),
+                    );
+                    continue;
+                }
                 if fenced.contains(&transition.command_id()) {
                     let mut pending = Pending {
                         transition,
@@ -620,7 +642,7 @@ async fn try_commit(
                     if let Some(on_commit) = waiter.on_commit.take() {
                         on_commit(transition.take());
                     }
-                    waiters.push(waiter);
+                    waiters.push((waiter, Committed::Applied));
                 }
             }
             // Wake the senders a slice at a time, yielding in between: each
@@ -629,8 +651,8 @@ async fn try_commit(
             // thousands.
             let mut waiters = waiters.into_iter().peekable();
             while waiters.peek().is_some() {
-                for waiter in waiters.by_ref().take(ACK_SLICE) {
-                    let _ = waiter.ack.send(Ok(()));
+                for (waiter, committed) in waiters.by_ref().take(ACK_SLICE) {
+                    let _ = waiter.ack.send(Ok(committed));
                 }
                 if waiters.peek().is_some() {
                     tokio::task::yield_now().await;
