@@ -19,7 +19,7 @@
 //! failed merge fails its parent.
 //!
 //! Each example has command type numbers of its own (store_demo 101–102,
-//! torture_host 201, 202 and 999, live_merge 301–302, web_host 401–402, load
+//! torture_host 201, 202 and 999, live_merge 301–302, web_host 401–402, orders 501–502, load
 //! 901–904): run one after another on the same database, none finds rows of
 //! another under its own numbers that it could not decode.
 //!

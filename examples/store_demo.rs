@@ -10,7 +10,7 @@
 //!
 //! Its rows are of command types 101 (`RemoveSnapshot`) and 102 (`Merge`):
 //! each example has numbers of its own (torture_host 201, 202 and 999,
-//! live_merge 301–302, web_host 401–402, load 901–904), so that a host
+//! live_merge 301–302, web_host 401–402, orders 501–502, load 901–904), so that a host
 //! example run later on the same database does not take these rows for its
 //! own types and fail to decode them.
 

@@ -23,6 +23,10 @@ ALTER TABLE command_entities
     ADD COLUMN failed_attempts integer NOT NULL DEFAULT 0,
     ADD COLUMN last_error text;
 
-CREATE UNIQUE INDEX idx_command_entities_idempotency
+-- The index holds only keyed rows, but building it reads the whole table
+-- under a lock that blocks writes (seconds per few million rows). IF NOT
+-- EXISTS lets an operator build it beforehand without blocking, with the
+-- same statement and CONCURRENTLY (docs/operations.md, "Upgrading to V8").
+CREATE UNIQUE INDEX IF NOT EXISTS idx_command_entities_idempotency
     ON command_entities (command_type, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
