@@ -15,6 +15,13 @@
 //!      -d '{"vm": "vm-1", "disks": 3, "fail_rate": 0.0}'
 //! {"id":"5b0c…"}                                                   # 202 Accepted
 //!
+//! # the same with an idempotency key: repeating the request (a client
+//! # retrying after a timeout) answers the first command; "start_at" delays it
+//! curl -s -X POST localhost:8080/commands -H 'content-type: application/json' \
+//!      -H 'Idempotency-Key: snapshot-vm-1-2026-11-30' \
+//!      -d '{"vm": "vm-1", "start_at": "2026-12-01T02:00:00Z"}'
+//! {"id":"5b0c…"}                             # 202; repeated: 200 {"id":"5b0c…","duplicate":true}
+//!
 //! # its hierarchy as a JSON tree (any id of the hierarchy works)
 //! curl -s localhost:8080/commands/5b0c…
 //! {"id":"5b0c…","type":"RemoveSnapshot","status":"ACTIVE",…,"children":[{…"type":"Merge"…}]}
@@ -78,7 +85,7 @@ use command_coordinator::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use command_coordinator::{
     CancelOutcome, Command, CommandContext, CommandEntity, CommandError, CommandId, CommandStatus,
     CommandStore, Coordinator, CoordinatorError, Cursor, DatabaseConfig, InterruptedExecute,
-    ListFilter, PgStore, PollOutcome, error_chain,
+    ListFilter, PgStore, PollOutcome, SubmitOptions, error_chain,
 };
 use command_coordinator_dashboard::Dashboard;
 use serde::{Deserialize, Serialize};
@@ -199,6 +206,9 @@ struct Submit {
     disks: u32,
     #[serde(default)]
     fail_rate: f64,
+    /// Start no earlier than this (RFC 3339); at once when absent.
+    #[serde(default)]
+    start_at: Option<DateTime<Utc>>,
 }
 
 fn three() -> u32 {
@@ -214,6 +224,7 @@ fn coordinator_error(e: CoordinatorError) -> HttpResponse {
     let status = match &e {
         CoordinatorError::Store(s) if s.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
         CoordinatorError::NotFound(_) => StatusCode::NOT_FOUND,
+        CoordinatorError::InvalidOptions(_) => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e)
@@ -250,9 +261,33 @@ fn bad_id(raw: &str) -> HttpResponse {
     )
 }
 
+/// The `Idempotency-Key` header (the IETF HTTP draft's name): a client that
+/// repeats a POST after a timeout gets the first command back (200 with
+/// `"duplicate": true`) instead of a second one.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 #[post("/commands")]
-async fn submit(coordinator: web::Data<Coordinator>, body: web::Json<Submit>) -> HttpResponse {
+async fn submit(
+    coordinator: web::Data<Coordinator>,
+    request: actix_web::HttpRequest,
+    body: web::Json<Submit>,
+) -> HttpResponse {
     let body = body.into_inner();
+    let mut options = SubmitOptions::new();
+    if let Some(key) = request.headers().get(IDEMPOTENCY_KEY) {
+        match key.to_str() {
+            Ok(key) => options = options.key(key),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "the Idempotency-Key header must be visible ASCII",
+                );
+            }
+        }
+    }
+    if let Some(at) = body.start_at {
+        options = options.not_before(at);
+    }
     if !(1..=64).contains(&body.disks) {
         return error(StatusCode::BAD_REQUEST, "disks must be between 1 and 64");
     }
@@ -264,8 +299,9 @@ async fn submit(coordinator: web::Data<Coordinator>, body: web::Json<Submit>) ->
         disks: body.disks,
         fail_rate: body.fail_rate,
     };
-    match coordinator.submit(command).await {
-        Ok(id) => HttpResponse::Accepted().json(json!({ "id": id })),
+    match coordinator.submit_with(command, options).await {
+        Ok(s) if s.duplicate => HttpResponse::Ok().json(json!({ "id": s.id, "duplicate": true })),
+        Ok(s) => HttpResponse::Accepted().json(json!({ "id": s.id })),
         Err(e) => coordinator_error(e),
     }
 }
