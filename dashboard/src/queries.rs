@@ -34,10 +34,17 @@ pub(crate) const BULK_CAP: i64 = 10_000;
 /// How much of a payload the command page shows.
 pub(crate) const PAYLOAD_CHARS: i32 = 256 * 1024;
 
-/// The columns of a list row.
+/// The columns of a list row, in the order [`Summary::from_row`] reads them
+/// (and [`Detail`]'s columns follow at [`SUMMARY_COLUMNS`]). Every list query
+/// finds its rows through an index and reads them from the heap anyway, so
+/// the retry columns cost no other plan: none of them is a filter or a key.
 const SUMMARY: &str = "command_id, command_type, command_params_class, status, \
      parent_command_id, root_command_id, created_at, updated_at, ended_at, \
-     cancel_requested_at IS NOT NULL, left(failure_reason, 200)";
+     cancel_requested_at IS NOT NULL, left(failure_reason, 200), \
+     not_before, failed_attempts, left(last_error, 200)";
+
+/// How many columns [`SUMMARY`] has.
+const SUMMARY_COLUMNS: usize = 14;
 
 /// A statement and its bound values.
 pub(crate) struct Sql {
@@ -127,6 +134,14 @@ pub(crate) struct Summary {
     pub(crate) cancel_requested: bool,
     /// The first 200 characters.
     pub(crate) reason: Option<String>,
+    /// No step runs before this time: a delayed start, or the back-off
+    /// before the next try after a transient error.
+    pub(crate) not_before: Option<DateTime<Utc>>,
+    /// Transient failures in a row of the current step (0 once it succeeds).
+    pub(crate) failed_attempts: i32,
+    /// The first 200 characters of the last transient failure's message
+    /// (kept after its step succeeded).
+    pub(crate) last_error: Option<String>,
 }
 
 impl Summary {
@@ -143,6 +158,19 @@ impl Summary {
             ended_at: row.get(8),
             cancel_requested: row.get(9),
             reason: row.get(10),
+            not_before: row.get(11),
+            failed_attempts: row.get(12),
+            last_error: row.get(13),
+        }
+    }
+
+    /// How long a command that has not started still waits for its
+    /// `not_before`, if it does: `NOT_STARTED` with `not_before` after `now`
+    /// (as the CLI's `list` and `show` tell it).
+    pub(crate) fn waiting(&self, now: DateTime<Utc>) -> Option<chrono::TimeDelta> {
+        match (self.status.as_deref(), self.not_before) {
+            (Some("NOT_STARTED"), Some(at)) if at > now => Some(at - now),
+            _ => None,
         }
     }
 
@@ -186,6 +214,9 @@ pub(crate) struct Detail {
     pub(crate) executed: Option<bool>,
     pub(crate) cancel_requested_at: Option<DateTime<Utc>>,
     pub(crate) failure_reason: Option<String>,
+    pub(crate) idempotency_key: Option<String>,
+    /// The whole message (the summary's is cut at 200 characters).
+    pub(crate) last_error: Option<String>,
 }
 
 /// A position in a list: the key of the last row shown.
@@ -528,24 +559,28 @@ impl Inner {
                     coalesce(length(command_parameters), 0), \
                     left(return_value, {max}), coalesce(length(return_value), 0), \
                     return_value_class, job_id, step_id, callback_enabled, \
-                    callback_notified, executed, cancel_requested_at, failure_reason \
+                    callback_notified, executed, cancel_requested_at, failure_reason, \
+                    idempotency_key, last_error \
              FROM {} WHERE command_id = {p}",
             self.table
         ));
+        const C: usize = SUMMARY_COLUMNS;
         Ok(self.query(&sql).await?.first().map(|row| Detail {
             summary: Summary::from_row(row),
-            parameters: row.get(11),
-            parameters_len: row.get(12),
-            return_value: row.get(13),
-            return_value_len: row.get(14),
-            return_value_class: row.get(15),
-            job_id: row.get(16),
-            step_id: row.get(17),
-            callback_enabled: row.get(18),
-            callback_notified: row.get(19),
-            executed: row.get(20),
-            cancel_requested_at: row.get(21),
-            failure_reason: row.get(22),
+            parameters: row.get(C),
+            parameters_len: row.get(C + 1),
+            return_value: row.get(C + 2),
+            return_value_len: row.get(C + 3),
+            return_value_class: row.get(C + 4),
+            job_id: row.get(C + 5),
+            step_id: row.get(C + 6),
+            callback_enabled: row.get(C + 7),
+            callback_notified: row.get(C + 8),
+            executed: row.get(C + 9),
+            cancel_requested_at: row.get(C + 10),
+            failure_reason: row.get(C + 11),
+            idempotency_key: row.get(C + 12),
+            last_error: row.get(C + 13),
         }))
     }
 
@@ -822,6 +857,21 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
         assert!(matches!(Filter::parse(&again), Ok(Parsed::Filter(g)) if g == f));
+    }
+
+    #[test]
+    fn the_summary_has_as_many_columns_as_its_reader_expects() {
+        let mut depth = 0;
+        let mut columns = 1;
+        for c in SUMMARY.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth == 0 => columns += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(columns, SUMMARY_COLUMNS);
     }
 
     #[test]

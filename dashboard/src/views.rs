@@ -153,6 +153,42 @@ pub(crate) fn status_badge(
     }
 }
 
+/// What a submit asked for and what retries left, next to a status badge:
+/// "· starts in 4m05s" while a command that has not started waits for its
+/// `not_before` (so that it is not taken for one no host picks up), and
+/// "2 failed attempts" while its current step fails transiently (the last
+/// error on hover). The wait mark hides when the live status moves on.
+fn retry_marks(s: &Summary, now: DateTime<Utc>) -> Markup {
+    html! {
+        @if let (Some(wait), Some(at)) = (s.waiting(now), s.not_before) {
+            " " span.wait data-wait-of=(s.id) title=(format!("not before {}", at.format("%Y-%m-%d %H:%M:%S%.3f UTC"))) {
+                "· starts in " (human(wait))
+            }
+        }
+        @if s.failed_attempts > 0 {
+            " " span.attempts title=(attempts_title(s)) { (attempts(s.failed_attempts)) }
+        }
+    }
+}
+
+/// "1 failed attempt", "2 failed attempts".
+fn attempts(n: i32) -> String {
+    format!("{n} failed attempt{}", if n == 1 { "" } else { "s" })
+}
+
+fn attempts_title(s: &Summary) -> String {
+    let n = s.failed_attempts;
+    let mut title = format!(
+        "{n} transient failure{} in a row of the current step",
+        if n == 1 { "" } else { "s" }
+    );
+    if let Some(e) = &s.last_error {
+        title.push_str("; last error: ");
+        title.push_str(e);
+    }
+    title
+}
+
 /// A time as "4m05s ago", with the exact time on hover.
 fn ago(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Markup {
     match at {
@@ -209,12 +245,17 @@ fn summary_table(base: &str, rows: &[Summary], now: DateTime<Utc>) -> Markup {
                     tr data-nav data-href=(format!("{base}/commands/{}", r.id)) {
                         td { (command_link(base, r.id)) }
                         td { (r.type_label()) " " span.muted { "(" (r.command_type) ")" } }
-                        td { (status_badge(r.id, r.status.as_deref(), r.cancel_requested, r.is_ended())) }
+                        td { (status_badge(r.id, r.status.as_deref(), r.cancel_requested, r.is_ended())) (retry_marks(r, now)) }
                         td { (ago(r.created_at, now)) }
                         td { (ago(r.updated_at, now)) }
                         td { @if let Some(p) = r.parent { (command_link(base, p)) } }
                         td { @if let Some(p) = r.root { @if p != r.id { (command_link(base, p)) } @else { span.muted { "itself" } } } }
-                        td.reason { @if let Some(why) = &r.reason { (why) } }
+                        td.reason {
+                            @if let Some(why) = &r.reason { (why) }
+                            @else if r.failed_attempts > 0 && let Some(e) = &r.last_error {
+                                span.last-error { "last error: " (e) }
+                            }
+                        }
                     }
                 }
             }
@@ -527,7 +568,7 @@ pub(crate) fn command(frame: &Frame, v: &CommandView) -> Markup {
                     @if *a == s.id { code { (short(*a)) } } @else { (command_link(base, *a)) }
                 }
             }
-            h1 { (s.type_label()) " " code.full { (s.id) } " " (status_badge(s.id, s.status.as_deref(), s.cancel_requested, s.is_ended())) }
+            h1 { (s.type_label()) " " code.full { (s.id) } " " (status_badge(s.id, s.status.as_deref(), s.cancel_requested, s.is_ended())) (retry_marks(s, now)) }
             @if let Some(n) = &v.notice { p.notice role="status" { (n) } }
             @if !frame.read_only && !s.is_ended() {
                 div.actions data-cancel-of=(s.id) {
@@ -557,6 +598,25 @@ pub(crate) fn command(frame: &Frame, v: &CommandView) -> Markup {
                         dt { "updated_at" } dd { (exact(s.updated_at)) }
                         dt { "ended_at" } dd { (exact(s.ended_at)) }
                         dt { "cancel_requested_at" } dd { (exact(d.cancel_requested_at)) }
+                        @if let Some(key) = &d.idempotency_key {
+                            dt { "idempotency_key" } dd { code #idempotency-key { (key) } }
+                        }
+                        @if let Some(at) = s.not_before {
+                            dt { "not_before" }
+                            dd #not-before {
+                                (exact(Some(at)))
+                                @if let Some(wait) = s.waiting(now) {
+                                    " " span.wait data-wait-of=(s.id) { "(waiting, starts in " (human(wait)) ")" }
+                                }
+                            }
+                        }
+                        @if s.failed_attempts > 0 {
+                            dt { "failed_attempts" }
+                            dd #failed-attempts {
+                                (s.failed_attempts) " failed in a row"
+                                span.muted { " (transient failures of the current step)" }
+                            }
+                        }
                     }
                 }
                 section.card {
@@ -576,6 +636,15 @@ pub(crate) fn command(frame: &Frame, v: &CommandView) -> Markup {
                     @if let Some(why) = &d.failure_reason {
                         h3 { "Failure reason" }
                         pre.reason #failure-reason { (why) }
+                    }
+                    @if let Some(e) = &d.last_error {
+                        h3 { "Last error" }
+                        @if s.failed_attempts == 0 {
+                            p.note { "The message of the last transient failure; its step has succeeded since." }
+                        } @else {
+                            p.note { "The message of the last of " (attempts(s.failed_attempts)) " in a row of the current step." }
+                        }
+                        pre.last-error #last-error { (e) }
                     }
                 }
             }
@@ -635,6 +704,7 @@ pub(crate) fn tree_node(base: &str, n: &TreeNode, current: Uuid) -> Markup {
                 } @else { span.leaf { "·" } }
                 a.name href=(format!("{base}/commands/{}", s.id)) { (s.type_label()) }
                 " " (status_badge(s.id, s.status.as_deref(), s.cancel_requested, s.is_ended()))
+                (retry_marks(s, now))
                 @if let Some(at) = s.created_at { " " span.dur title="run time" { (human(end - at)) } }
                 @if n.children_count > 0 {
                     " " span.kids { (number(n.children_count.min(COUNT_CAP))) @if n.children_count > COUNT_CAP { "+" } " children" }

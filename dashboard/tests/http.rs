@@ -273,6 +273,107 @@ async fn html_in_parameters_and_failure_reasons_is_escaped() {
     }
 }
 
+/// The `<tr>` of `id` in a list page.
+fn list_row(html: &str, id: Uuid) -> &str {
+    let start = html
+        .find(&format!("data-href=\"/commands/{id}\""))
+        .unwrap_or_else(|| panic!("{id} listed: {html}"));
+    let end = start + html[start..].find("</tr>").expect("the row ends");
+    &html[start..end]
+}
+
+#[actix_web::test]
+async fn keys_delayed_starts_and_failed_attempts_show_escaped_on_the_command_and_the_list() {
+    let db = fresh_db().await;
+    let root = db.insert(Row::new("ACTIVE")).await;
+    let waiting = db
+        .insert(Row::new("NOT_STARTED").child_of(root, root))
+        .await;
+    db.execute(
+        &format!(
+            "UPDATE {} SET idempotency_key = 'order-42', \
+                    not_before = now() + interval '10 minutes', failed_attempts = 2, \
+                    last_error = 'connection refused <b>x</b>' \
+              WHERE command_id = $1",
+            db.table()
+        ),
+        &[&waiting],
+    )
+    .await;
+    // Its time has come: not waiting any more, whatever the column says.
+    let due = db.insert(Row::new("NOT_STARTED")).await;
+    db.execute(
+        &format!(
+            "UPDATE {} SET not_before = now() - interval '1 minute' WHERE command_id = $1",
+            db.table()
+        ),
+        &[&due],
+    )
+    .await;
+    let plain = db.insert(Row::new("ACTIVE")).await;
+    let app = test::init_service(App::new().service(dashboard(&db).scope())).await;
+    let escaped = "connection refused &lt;b&gt;x&lt;/b&gt;";
+
+    let (status, body) = get!(app, format!("/commands/{waiting}"));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!body.contains("<b>x</b>"), "{body}");
+    for expected in [
+        "<dt>idempotency_key</dt>",
+        "order-42",
+        "<dt>not_before</dt>",
+        "(waiting, starts in 9m",
+        "<dt>failed_attempts</dt>",
+        "2 failed in a row",
+        "Last error",
+        &format!("<pre class=\"last-error\" id=\"last-error\">{escaped}</pre>"),
+    ] {
+        assert!(body.contains(expected), "{expected}: {body}");
+    }
+
+    let (_, body) = get!(app, format!("/commands/{due}"));
+    assert!(body.contains("<dt>not_before</dt>"), "{body}");
+    assert!(!body.contains("waiting") && !body.contains("starts in"));
+    let (_, body) = get!(app, format!("/commands/{plain}"));
+    for absent in [
+        "idempotency_key",
+        "not_before",
+        "failed_attempts",
+        "Last error",
+        "starts in",
+    ] {
+        assert!(!body.contains(absent), "{absent} only when set: {body}");
+    }
+
+    // The list, unfiltered and through the status filter's window.
+    for path in ["/commands", "/commands?status=NOT_STARTED"] {
+        let (status, body) = get!(app, path);
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(!body.contains("<b>x</b>"), "{path}: {body}");
+        let row = list_row(&body, waiting);
+        for expected in [
+            ">NOT_STARTED</span>",
+            "· starts in 9m",
+            ">2 failed attempts</span>",
+            &format!("last error: {escaped}"),
+        ] {
+            assert!(row.contains(expected), "{path}: {expected}: {row}");
+        }
+        let row = list_row(&body, due);
+        assert!(row.contains(">NOT_STARTED</span>") && !row.contains("starts in"));
+        assert!(!row.contains("failed attempt"), "{row}");
+    }
+    let (_, body) = get!(app, "/commands");
+    let row = list_row(&body, plain);
+    assert!(!row.contains("starts in") && !row.contains("failed attempt"));
+
+    // The tree marks the waiting child on its parent's page too.
+    let (_, body) = get!(app, format!("/commands/{root}"));
+    assert!(
+        body.contains("· starts in 9m") && body.contains(">2 failed attempts</span>"),
+        "{body}"
+    );
+}
+
 #[actix_web::test]
 async fn a_hierarchy_renders_one_page_of_children_and_expands_lazily() {
     let db = fresh_db().await;

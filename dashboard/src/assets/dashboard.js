@@ -72,6 +72,9 @@
         el.className = cls + " changed";
       }
     });
+    if (status !== "NOT_STARTED") {
+      document.querySelectorAll(sel("data-wait-of")).forEach(function (el) { el.hidden = true; });
+    }
     document.querySelectorAll(sel("data-cancel-mark-of")).forEach(function (el) {
       el.hidden = !(d.cancel_requested && !d.ended);
     });
