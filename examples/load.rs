@@ -697,11 +697,7 @@ async fn flat(bench: &Bench, commands: usize, keyed: bool) -> Result<Report, Box
     let coordinator = bench.within("start", bench.builder().start()).await??;
     warm_up(bench, &coordinator).await?;
     let bar = bench.progress(commands as u64, "flat");
-    let round = if keyed {
-        flat_keyed_round(bench, &coordinator, commands, &bar).await?
-    } else {
-        flat_round(bench, &coordinator, commands, &bar).await?
-    };
+    let round = flat_round(bench, &coordinator, commands, keyed, &bar).await?;
     bar.finish_and_clear();
     coordinator.shutdown().await;
 
@@ -761,9 +757,10 @@ async fn flat_hosts(bench: &Bench, commands: usize, hosts: u32) -> Result<Report
                     ready.wait();
                     go.wait();
                     let start = Instant::now();
-                    let round = flat_round(&host, &coordinator, share, &ProgressBar::hidden())
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let round =
+                        flat_round(&host, &coordinator, share, false, &ProgressBar::hidden())
+                            .await
+                            .map_err(|e| e.to_string())?;
                     coordinator.shutdown().await;
                     Ok((start, start + round.elapsed, round.failed))
                 })
@@ -1307,7 +1304,7 @@ async fn cleanup(
     warm_up(bench, &coordinator).await?;
 
     let bar = bench.progress(commands as u64, "flat alone");
-    let alone = flat_round(bench, &coordinator, commands, &bar).await?;
+    let alone = flat_round(bench, &coordinator, commands, false, &bar).await?;
     bar.finish_and_clear();
     bench.say(format!(
         "cleanup: flat without cleanup: {:.0} lifecycles/s",
@@ -1330,7 +1327,7 @@ async fn cleanup(
     let mut first_round: Option<FlatRound> = None;
     while cleanup_end.get().is_none() {
         let bar = bench.progress(commands as u64, "flat+cleanup");
-        let round = flat_round(bench, &coordinator, commands, &bar).await?;
+        let round = flat_round(bench, &coordinator, commands, false, &bar).await?;
         bar.finish_and_clear();
         match cleanup_end.get() {
             // Ended inside the cleanup: counts.
@@ -1382,7 +1379,7 @@ async fn cleanup(
     let mut control_time = 0.0;
     for _ in 0..rounds.len().max(1) {
         let bar = bench.progress(commands as u64, "flat, control");
-        let round = flat_round(bench, &coordinator, commands, &bar).await?;
+        let round = flat_round(bench, &coordinator, commands, false, &bar).await?;
         bar.finish_and_clear();
         control_count += round.count;
         control_time += round.elapsed.as_secs_f64();
@@ -1447,44 +1444,12 @@ impl FlatRound {
 
 /// `n` no-op commands, each `execute`d in its own task, all at once; timed
 /// from the first submit to the last outcome.
+/// `keyed`: every command with an idempotency key (`execute_with`).
 async fn flat_round(
     bench: &Bench,
     coordinator: &Coordinator,
     n: usize,
-    bar: &ProgressBar,
-) -> Result<FlatRound, BoxError> {
-    let start = Instant::now();
-    let last = Rc::new(Cell::new(start));
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let coordinator = coordinator.clone();
-            let (last, bar) = (last.clone(), bar.clone());
-            actix::spawn(async move {
-                let outcome = coordinator.execute(Noop { i: i as u32 }).await;
-                last.set(last.get().max(Instant::now()));
-                bar.inc(1);
-                matches!(outcome, Ok(o) if o.succeeded())
-            })
-        })
-        .collect();
-    let mut failed = 0;
-    for task in tasks {
-        if !bench.within("flat", task).await?? {
-            failed += 1;
-        }
-    }
-    Ok(FlatRound {
-        count: n,
-        failed,
-        elapsed: last.get() - start,
-    })
-}
-
-/// [`flat_round`] with a key on every command (`execute_with`).
-async fn flat_keyed_round(
-    bench: &Bench,
-    coordinator: &Coordinator,
-    n: usize,
+    keyed: bool,
     bar: &ProgressBar,
 ) -> Result<FlatRound, BoxError> {
     let start = Instant::now();
@@ -1494,11 +1459,16 @@ async fn flat_keyed_round(
         .map(|i| {
             let coordinator = coordinator.clone();
             let (last, bar) = (last.clone(), bar.clone());
-            let options = command_coordinator::SubmitOptions::new().key(format!("{run}-{i}"));
+            let key = keyed.then(|| format!("{run}-{i}"));
             actix::spawn(async move {
-                let outcome = coordinator
-                    .execute_with(Noop { i: i as u32 }, options)
-                    .await;
+                let command = Noop { i: i as u32 };
+                let outcome = match key {
+                    Some(key) => {
+                        let options = command_coordinator::SubmitOptions::new().key(key);
+                        coordinator.execute_with(command, options).await
+                    }
+                    None => coordinator.execute(command).await,
+                };
                 last.set(last.get().max(Instant::now()));
                 bar.inc(1);
                 matches!(outcome, Ok(o) if o.succeeded())
@@ -1521,7 +1491,14 @@ async fn flat_keyed_round(
 /// A small untimed flat run: opens the pool's connections and prepares the
 /// writer's statements before anything is timed.
 async fn warm_up(bench: &Bench, coordinator: &Coordinator) -> Result<(), BoxError> {
-    let round = flat_round(bench, coordinator, WARM_UP_COMMANDS, &ProgressBar::hidden()).await?;
+    let round = flat_round(
+        bench,
+        coordinator,
+        WARM_UP_COMMANDS,
+        false,
+        &ProgressBar::hidden(),
+    )
+    .await?;
     if round.failed > 0 {
         return Err(format!("{} warm-up commands failed", round.failed).into());
     }

@@ -353,11 +353,7 @@ impl Coordinator {
         command: C,
         options: &SubmitOptions,
     ) -> Result<CommandEntity, CoordinatorError> {
-        options
-            .validate()
-            .map_err(CoordinatorError::InvalidOptions)?;
-        let (mut entity, _) = self.prepare(command, None)?;
-        options.apply_to(&mut entity);
+        let mut entity = self.prepare_with(command, options)?;
         entity.owner = Some(entity.owner.unwrap_or_else(|| self.shared.fence.host()));
         entity.owner_epoch = 0;
         Ok(*entity)
@@ -369,6 +365,20 @@ impl Coordinator {
         self.shared.store.as_any()?.downcast_ref::<S>()
     }
 
+    /// A new root command's row with `options`, validated.
+    fn prepare_with<C: Command>(
+        &self,
+        command: C,
+        options: &SubmitOptions,
+    ) -> Result<Box<CommandEntity>, CoordinatorError> {
+        options
+            .validate()
+            .map_err(CoordinatorError::InvalidOptions)?;
+        let (mut entity, _) = self.prepare(command, None)?;
+        options.apply_to(&mut entity);
+        Ok(entity)
+    }
+
     /// Inserts one command with options (see [`Coordinator::submit_with`])
     /// and starts it here, unless it was placed on another host.
     async fn submit_one<C: Command>(
@@ -377,30 +387,10 @@ impl Coordinator {
         options: &SubmitOptions,
         waiter: Option<oneshot::Sender<Outcome>>,
     ) -> Result<Submitted, CoordinatorError> {
-        options
-            .validate()
-            .map_err(CoordinatorError::InvalidOptions)?;
-        let (mut entity, _) = self.prepare(command, None)?;
-        options.apply_to(&mut entity);
+        let entity = self.prepare_with(command, options)?;
         let id = entity.id;
         let key = entity.idempotency_key.clone();
-        let coordinator = self.clone();
-        let on_commit: OnCommit = Box::new(move |committed| {
-            if let Some(Transition::Insert(entity)) = committed {
-                debug!(command_id = %entity.id, r#type = entity.command_type, key = ?entity.idempotency_key,
-                    not_before = ?entity.not_before, "command persisted NOT_STARTED");
-                coordinator.shared.addr.do_send(Spawn {
-                    entity,
-                    parked: false,
-                    waiter,
-                });
-            }
-        });
-        let committed = self
-            .shared
-            .writer
-            .queue(Transition::Insert(entity), Some(on_commit), self.epoch)
-            .await?;
+        let committed = self.persist_and_spawn(entity, false, waiter).await?;
         Ok(match committed {
             Committed::Applied => Submitted {
                 id,
@@ -778,18 +768,20 @@ impl Coordinator {
 
     /// Queues the NOT_STARTED row; the writer hands it to the coordinator
     /// (which starts the actor) right after the commit, and the returned
-    /// future resolves after that. It holds nothing but the acknowledgement:
+    /// future resolves after that (with the key's holder instead, when an
+    /// idempotency key was taken: then nothing is started). It holds nothing but the acknowledgement:
     /// a host awaiting many submits at once keeps many small futures.
     fn persist_and_spawn(
         &self,
         entity: Box<CommandEntity>,
         parked: bool,
         waiter: Option<oneshot::Sender<Outcome>>,
-    ) -> impl Future<Output = Result<(), CoordinatorError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Committed, CoordinatorError>> + Send + 'static {
         let coordinator = self.clone();
         let on_commit: OnCommit = Box::new(move |committed| {
             if let Some(Transition::Insert(entity)) = committed {
-                debug!(command_id = %entity.id, r#type = entity.command_type, parent = ?entity.parent_id, "command persisted NOT_STARTED");
+                debug!(command_id = %entity.id, r#type = entity.command_type, parent = ?entity.parent_id,
+                    key = ?entity.idempotency_key, not_before = ?entity.not_before, "command persisted NOT_STARTED");
                 coordinator.shared.addr.do_send(Spawn {
                     entity,
                     parked,
@@ -801,7 +793,7 @@ impl Coordinator {
             self.shared
                 .writer
                 .queue(Transition::Insert(entity), Some(on_commit), self.epoch);
-        async move { committed.await.map(drop).map_err(Into::into) }
+        async move { committed.await.map_err(Into::into) }
     }
 }
 
