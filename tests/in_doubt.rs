@@ -6,25 +6,10 @@ mod support;
 
 use std::time::Duration;
 
-use command_coordinator::{Coordinator, DatabaseConfig, PgStore};
+use command_coordinator::Coordinator;
 use support::commands::{Behaviour, Job, count, tag};
-use support::proxy::{Action, Proxy, upstream_of};
-use support::{TestDb, database_url, fresh_db, within};
-
-/// A proxy to the test server, and a store on `db`'s schema through it.
-async fn store_through_proxy(db: &TestDb) -> (Proxy, PgStore) {
-    let proxy = Proxy::start(upstream_of(&database_url())).await;
-    let store = DatabaseConfig::from_url(&proxy.url(&database_url()))
-        .unwrap()
-        .with_schema(db.config.schema().clone())
-        .with_pool_size(4)
-        .unwrap()
-        .with_query_timeout(Some(Duration::from_secs(3)))
-        .unwrap()
-        .create_store()
-        .unwrap();
-    (proxy, store)
-}
+use support::proxy::{Action, store_through_proxy};
+use support::{fresh_db, within};
 
 /// The insert of a new command commits, but its reply is lost: `submit`
 /// must not report a failure for a row that exists (the caller would submit

@@ -23,7 +23,7 @@ use command_coordinator::{
 use support::commands::{
     Behaviour, Flaky, Job, SLOW_FLAKY_TRIES, SlowFlaky, Timed, count, events, tag,
 };
-use support::proxy::{Action, Proxy, upstream_of};
+use support::proxy::{Action, store_through_proxy};
 use support::{TestDb, builder, builder_over, database_url, fresh_db, within};
 
 /// Longest wait for a row to reach a state (bounded loops only).
@@ -334,16 +334,7 @@ async fn a_keyed_submit_in_waits_for_an_uncommitted_holder_and_inserts_when_it_r
 #[actix::test]
 async fn a_keyed_submit_whose_reply_is_lost_is_retried_into_the_same_command() {
     let db = fresh_db().await;
-    let proxy = Proxy::start(upstream_of(&database_url())).await;
-    let store = command_coordinator::DatabaseConfig::from_url(&proxy.url(&database_url()))
-        .unwrap()
-        .with_schema(db.config.schema().clone())
-        .with_pool_size(4)
-        .unwrap()
-        .with_query_timeout(Some(Duration::from_secs(3)))
-        .unwrap()
-        .create_store()
-        .unwrap();
+    let (proxy, store) = store_through_proxy(&db).await;
     let co = builder_over(store).start().await.unwrap();
     let t = tag();
     let key = format!("cut-{t}");

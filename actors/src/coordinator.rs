@@ -424,15 +424,8 @@ impl Coordinator {
     /// Waits until the command `id` ended: for commands whose original
     /// `execute` future is gone (after a restart, or submitted elsewhere).
     pub async fn wait_for(&self, id: CommandId) -> Result<Outcome, CoordinatorError> {
-        let (tx, rx) = oneshot::channel();
-        let registered = self
-            .shared
-            .addr
-            .send(Wait { id, tx })
-            .await
-            .map_err(|_| CoordinatorError::Stopped)?;
-        if registered {
-            return rx.await.map_err(|_| CoordinatorError::Stopped);
+        if let Some(ended) = self.wait_live(id).await? {
+            return ended.await.map_err(|_| CoordinatorError::Stopped);
         }
         // Not live here: the store knows.
         match self.shared.store.get(id).await? {
@@ -445,15 +438,8 @@ impl Coordinator {
                 // Claimed or adopted a moment ago, its actor not built yet?
                 // The rebuild follows the claim within a host check.
                 actix::clock::sleep(self.shared.config.host_check_interval).await;
-                let (tx, rx) = oneshot::channel();
-                let registered = self
-                    .shared
-                    .addr
-                    .send(Wait { id, tx })
-                    .await
-                    .map_err(|_| CoordinatorError::Stopped)?;
-                if registered {
-                    return rx.await.map_err(|_| CoordinatorError::Stopped);
+                if let Some(ended) = self.wait_live(id).await? {
+                    return ended.await.map_err(|_| CoordinatorError::Stopped);
                 }
                 match self.shared.store.get(id).await? {
                     Some(e) if e.status.is_ended() => Ok(Outcome::from_entity(e)),
@@ -472,6 +458,22 @@ impl Coordinator {
                 rx.await.map_err(|_| CoordinatorError::Stopped)
             }
         }
+    }
+
+    /// Registers a waiter for `id` when it is live or parked here: its end
+    /// comes through the returned receiver. `None`: not here.
+    async fn wait_live(
+        &self,
+        id: CommandId,
+    ) -> Result<Option<oneshot::Receiver<Outcome>>, CoordinatorError> {
+        let (tx, rx) = oneshot::channel();
+        let registered = self
+            .shared
+            .addr
+            .send(Wait { id, tx })
+            .await
+            .map_err(|_| CoordinatorError::Stopped)?;
+        Ok(registered.then_some(rx))
     }
 
     /// The command's status: from memory for a live command, else from the store.

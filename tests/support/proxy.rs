@@ -273,6 +273,23 @@ pub fn simple_query(sql: &str) -> Vec<u8> {
 }
 
 /// The TCP address of the server in `database_url`, for [`Proxy::start`].
+/// A proxy to the test server, and a store on `db`'s schema through it
+/// (4 connections, queries bounded at 3 s).
+pub async fn store_through_proxy(db: &super::TestDb) -> (Proxy, command_coordinator::PgStore) {
+    let url = super::database_url();
+    let proxy = Proxy::start(upstream_of(&url)).await;
+    let store = command_coordinator::DatabaseConfig::from_url(&proxy.url(&url))
+        .unwrap()
+        .with_schema(db.config.schema().clone())
+        .with_pool_size(4)
+        .unwrap()
+        .with_query_timeout(Some(Duration::from_secs(3)))
+        .unwrap()
+        .create_store()
+        .unwrap();
+    (proxy, store)
+}
+
 pub fn upstream_of(database_url: &str) -> SocketAddr {
     use command_coordinator::tokio_postgres::config::Host;
     use std::net::ToSocketAddrs;
